@@ -1,0 +1,205 @@
+"""Networks registry: the only place where per-network differences live.
+
+- ``resnet50`` / ``resnet101``: torchvision's ResNet (Bottleneck, ImageNet stem)
+  with a width multiplier that scales every stage and keeps the depth, so the
+  layer graph is the paper's at any width. At width 1.0 the model *is*
+  torchvision's (same class, same state-dict keys and shapes) and loads its
+  pretrained weights.
+- ``pspnet``: PSPNet (Zhao et al., CVPR 2017) on a dilated ResNet-50 backbone
+  (output stride 8), pyramid pooling with bins 1/2/3/6 and an auxiliary head on
+  ``layer3`` that is used in training only.
+
+Each entry also says which layers stay at 8 bits (the first conv and the
+classifier), which are left in float (the auxiliary head, dropped at
+inference), the task, and the input size the cost model measures at.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import resnet as tv_resnet
+
+__all__ = ["NetworkSpec", "NETWORKS", "get_spec", "build", "ScaledResNet", "PSPNet"]
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+class ScaledResNet(tv_resnet.ResNet):
+    """torchvision's ResNet with every stage's width multiplied by ``width``.
+
+    torchvision's ``width_per_group`` widens only the 3x3 convs of a bottleneck;
+    this scales the stem, all stages and the classifier input alike.
+    """
+
+    def __init__(self, layers: list[int], *, width: float = 1.0, num_classes: int = 1000,
+                 replace_stride_with_dilation: list[bool] | None = None):
+        nn.Module.__init__(self)
+        block = tv_resnet.Bottleneck
+        self._norm_layer = nn.BatchNorm2d
+        self.inplanes = _scaled(64, width)
+        self.dilation = 1
+        self.groups = 1
+        self.base_width = 64
+        dil = replace_stride_with_dilation or [False, False, False]
+        self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, _scaled(64, width), layers[0])
+        self.layer2 = self._make_layer(block, _scaled(128, width), layers[1], stride=2, dilate=dil[0])
+        self.layer3 = self._make_layer(block, _scaled(256, width), layers[2], stride=2, dilate=dil[1])
+        self.layer4 = self._make_layer(block, _scaled(512, width), layers[3], stride=2, dilate=dil[2])
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(_scaled(512, width) * block.expansion, num_classes)
+        # torchvision's initialisation, with zero-init of the last BN of each block
+        # (helps short from-scratch training of deep ResNets).
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+        for m in self.modules():
+            if isinstance(m, tv_resnet.Bottleneck):
+                nn.init.constant_(m.bn3.weight, 0)
+
+    def features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Backbone features ``(layer3, layer4)`` (for dense prediction heads)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        c3 = self.layer3(x)
+        return c3, self.layer4(c3)
+
+
+def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class PyramidPooling(nn.Module):
+    """PSPNet's pyramid pooling: average-pool to bins x bins, 1x1 conv, upsample, concat."""
+
+    def __init__(self, cin: int, bins: tuple[int, ...] = (1, 2, 3, 6)):
+        super().__init__()
+        self.bins = bins
+        self.stages = nn.ModuleList(_conv_bn_relu(cin, cin // len(bins), 1) for _ in bins)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        pooled = [F.interpolate(stage(F.adaptive_avg_pool2d(x, b)), size=(h, w), mode="bilinear",
+                                align_corners=False) for b, stage in zip(self.bins, self.stages)]
+        return torch.cat([x, *pooled], dim=1)
+
+
+class PSPNet(nn.Module):
+    """PSPNet with a dilated ResNet-50 backbone (output stride 8).
+
+    ``forward`` returns the logits at the input resolution; in training mode it
+    returns ``(logits, aux_logits)``, the auxiliary head reading ``layer3``.
+    """
+
+    def __init__(self, *, num_classes: int, width: float = 1.0, bins: tuple[int, ...] = (1, 2, 3, 6)):
+        super().__init__()
+        self.backbone = ScaledResNet([3, 4, 6, 3], width=width, num_classes=1000,
+                                     replace_stride_with_dilation=[False, True, True])
+        del self.backbone.fc, self.backbone.avgpool  # classification head is not used
+        c4 = _scaled(512, width) * 4
+        c3 = _scaled(256, width) * 4
+        mid = _scaled(512, width)
+        self.ppm = PyramidPooling(c4, bins)
+        self.head = nn.Sequential(_conv_bn_relu(2 * c4, mid, 3), nn.Dropout2d(0.1))
+        self.classifier = nn.Conv2d(mid, num_classes, 1)
+        self.aux = nn.Sequential(_conv_bn_relu(c3, _scaled(256, width), 3), nn.Dropout2d(0.1),
+                                 nn.Conv2d(_scaled(256, width), num_classes, 1))
+
+    def forward(self, x: Tensor):
+        size = x.shape[-2:]
+        c3, c4 = self.backbone.features(x)
+        out = self.classifier(self.head(self.ppm(c4)))
+        out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        if self.training:
+            aux = F.interpolate(self.aux(c3), size=size, mode="bilinear", align_corners=False)
+            return out, aux
+        return out
+
+
+def _load_torchvision_resnet(model: ScaledResNet, arch: str) -> None:
+    """Load torchvision's ImageNet weights (paper scale; needs width 1.0 and a local cache)."""
+    weights = tv_resnet.ResNet50_Weights.IMAGENET1K_V2 if arch == "resnet50" else \
+        tv_resnet.ResNet101_Weights.IMAGENET1K_V2
+    state = weights.get_state_dict(progress=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
+    if bad:
+        raise ValueError(f"pretrained {arch} weights do not match the model: {bad[:3]} ...")
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What differs between networks; everything else in mpq is network-agnostic."""
+
+    name: str
+    task: str  # "classification" | "segmentation"
+    builder: Callable[..., nn.Module]
+    fixed_8bit: tuple[str, ...]  # module names kept at 8 bits
+    float_only: tuple[str, ...] = ()  # module-name prefixes never quantized (training-only)
+    candidate_count: int = 0  # conv/linear layers at 4/2 bits, for checks
+    arch: str = ""
+    notes: str = field(default="", compare=False)
+
+
+def _build_resnet(layers: list[int], arch: str):
+    def build(*, num_classes: int, width: float = 1.0, pretrained: bool = False) -> nn.Module:
+        model = ScaledResNet(layers, width=width, num_classes=1000 if pretrained else num_classes)
+        if pretrained:
+            if width != 1.0:
+                raise ValueError(f"pretrained weights exist only at width 1.0 (got width={width}); "
+                                 "set the network's width to 1.0 or pretrained to false")
+            _load_torchvision_resnet(model, arch)
+            if num_classes != 1000:
+                model.fc = nn.Linear(model.fc.in_features, num_classes)
+        return model
+    return build
+
+
+def _build_pspnet(*, num_classes: int, width: float = 1.0, pretrained: bool = False) -> nn.Module:
+    model = PSPNet(num_classes=num_classes, width=width)
+    if pretrained:  # ImageNet backbone, as in the PSPNet paper
+        if width != 1.0:
+            raise ValueError(f"pretrained weights exist only at width 1.0 (got width={width}); "
+                             "set the network's width to 1.0 or pretrained to false")
+        _load_torchvision_resnet(model.backbone, "resnet50")
+    return model
+
+
+NETWORKS: dict[str, NetworkSpec] = {
+    "resnet50": NetworkSpec("resnet50", "classification", _build_resnet([3, 4, 6, 3], "resnet50"),
+                            fixed_8bit=("conv1", "fc"), candidate_count=52, arch="resnet50"),
+    "resnet101": NetworkSpec("resnet101", "classification", _build_resnet([3, 4, 23, 3], "resnet101"),
+                             fixed_8bit=("conv1", "fc"), candidate_count=103, arch="resnet101"),
+    "pspnet": NetworkSpec("pspnet", "segmentation", _build_pspnet,
+                          fixed_8bit=("backbone.conv1", "classifier"), float_only=("aux",),
+                          candidate_count=57, arch="pspnet-resnet50"),
+}
+
+
+def get_spec(name: str) -> NetworkSpec:
+    """The registry entry for ``name``; a clear error for an unknown network."""
+    try:
+        return NETWORKS[name]
+    except KeyError:
+        raise ValueError(f"unknown network {name!r}: choose one of {sorted(NETWORKS)}") from None
+
+
+def build(name: str, *, num_classes: int, width: float = 1.0, pretrained: bool = False) -> nn.Module:
+    """Build network ``name`` (a float model)."""
+    spec = get_spec(name)
+    if not 0 < width <= 4:
+        raise ValueError(f"width must be in (0, 4], got {width}")
+    return spec.builder(num_classes=num_classes, width=width, pretrained=pretrained)
