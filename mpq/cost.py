@@ -1,0 +1,118 @@
+"""Cost model: per-layer MACs and parameters, and the cost of a bit assignment.
+
+Three costs (DESIGN.md section 2), all "lower is better" and all additive over
+layers, so the allocator can treat them alike:
+
+- ``throughput``: the time of a layer is proportional to ``MACs / speedup(b)``
+  with ``speedup = {8: 1, 4: 2, 2: 4}`` (integer kernels twice as fast per halving
+  of the precision; float counts as 8 bits' half, i.e. speed-up 0.5). The
+  *relative throughput* of a mix is ``time(all candidates at 4 bits) / time(mix)``,
+  so all-4-bit = 1.0x and all-2-bit is close to 2x (the 8-bit first and last
+  layers keep it a little under 2x).
+- ``bops``: ``MACs * b_w * b_a`` (weights and input activations share ``b``).
+- ``size``: ``parameters * b_w`` in bits.
+
+A measured per-layer latency table ``{layer: {bits: seconds}}`` may replace the
+``throughput`` model (``latency_table=``).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["COSTS", "SPEEDUP", "layer_macs", "layer_params", "layer_costs", "total_cost",
+           "relative", "summary"]
+
+COSTS = ("throughput", "bops", "size")
+SPEEDUP = {32: 0.5, 16: 0.5, 8: 1.0, 4: 2.0, 2: 4.0}
+
+
+def _layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+@torch.no_grad()
+def layer_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+    """MACs of every Conv2d/Linear for one sample of ``example_input``'s shape.
+
+    Measured with forward hooks, so it follows the real graph (dilations,
+    pyramid-pooling bins, the layers a forward pass actually runs). A layer run
+    twice counts twice. ``example_input`` is ``(N, C, H, W)``; results are per sample.
+    """
+    macs: dict[str, int] = {}
+    batch = example_input.shape[0]
+
+    def hook(name):
+        def fn(module, inputs, output):
+            if isinstance(module, nn.Conv2d):
+                k = module.kernel_size[0] * module.kernel_size[1] * (module.in_channels // module.groups)
+                n = output.numel() // batch * k
+            else:  # Linear: every output element is one dot product over in_features
+                n = output.numel() // batch * module.in_features
+            macs[name] = macs.get(name, 0) + int(n)
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in _layers(model).items()]
+    was_training = model.training
+    try:
+        model.eval()
+        model(example_input)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return macs
+
+
+def layer_params(model: nn.Module) -> dict[str, int]:
+    """Weight parameters of every Conv2d/Linear (bias excluded: it stays in 32 bits)."""
+    return {n: m.weight.numel() for n, m in _layers(model).items()}
+
+
+def _unit(kind: str, bits: int, macs: int, params: int) -> float:
+    if kind == "throughput":
+        if bits not in SPEEDUP:
+            raise ValueError(f"no speed-up known for {bits} bits (known: {sorted(SPEEDUP)}); "
+                             "supply a measured latency_table instead")
+        return macs / SPEEDUP[bits]
+    if kind == "bops":
+        return float(macs * bits * bits)
+    if kind == "size":
+        return float(params * bits)
+    raise ValueError(f"unknown cost {kind!r}: choose one of {list(COSTS)}")
+
+
+def layer_costs(kind: str, macs: Mapping[str, int], params: Mapping[str, int],
+                layers: list[str], choices: list[int], *,
+                latency_table: Mapping[str, Mapping[int, float]] | None = None) -> dict[str, dict[int, float]]:
+    """``{layer: {bits: cost}}`` for the allocator, for each layer and bits choice."""
+    if latency_table is not None:
+        missing = [(l, b) for l in layers for b in choices if b not in latency_table.get(l, {})]
+        if missing:
+            raise ValueError(f"latency_table lacks {missing[0][0]!r} at {missing[0][1]} bits")
+        return {l: {b: float(latency_table[l][b]) for b in choices} for l in layers}
+    return {l: {b: _unit(kind, b, macs[l], params[l]) for b in choices} for l in layers}
+
+
+def total_cost(kind: str, bits: Mapping[str, int | None], macs: Mapping[str, int],
+               params: Mapping[str, int]) -> float:
+    """Cost of a whole network's assignment (``None`` bits = float, counted as 32)."""
+    return sum(_unit(kind, 32 if b is None else b, macs[l], params[l]) for l, b in bits.items())
+
+
+def relative(kind: str, bits: Mapping[str, int | None], reference: Mapping[str, int | None],
+             macs: Mapping[str, int], params: Mapping[str, int]) -> float:
+    """``cost(reference) / cost(bits)``: e.g. relative throughput vs the all-4-bit network."""
+    return total_cost(kind, reference, macs, params) / total_cost(kind, bits, macs, params)
+
+
+def summary(bits: Mapping[str, int | None], reference: Mapping[str, int | None],
+            macs: Mapping[str, int], params: Mapping[str, int]) -> dict[str, float]:
+    """Relative throughput, and absolute GBOPs and size (MB) of an assignment."""
+    return {
+        "rel_throughput": relative("throughput", bits, reference, macs, params),
+        "gbops": total_cost("bops", bits, macs, params) / 1e9,
+        "size_mb": total_cost("size", bits, macs, params) / 8 / 2**20,
+    }

@@ -1,0 +1,26 @@
+"""Where things live, relative to the repository root (the working directory).
+
+Per-network results go to ``results/<network>/``; report figures and tables to
+``results/report/``. Changing a layout here changes it everywhere.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["RESULTS", "network_dir", "report_dir", "FLOAT_CKPT", "uniform_ckpt"]
+
+RESULTS = Path("results")
+FLOAT_CKPT = "float.pt"
+
+
+def uniform_ckpt(bits: int) -> str:
+    """File name of the uniform ``bits``-bit LSQ checkpoint."""
+    return f"uniform{bits}.pt"
+
+
+def network_dir(network: str, root: str | Path = RESULTS) -> Path:
+    return Path(root) / network
+
+
+def report_dir(root: str | Path = RESULTS) -> Path:
+    return Path(root) / "report"
