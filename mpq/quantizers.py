@@ -52,34 +52,48 @@ def qrange(bits: int, signed: bool) -> tuple[int, int]:
 
 
 class _LSQ(torch.autograd.Function):
-    """Fake-quantize with LSQ gradients. ``step`` broadcasts against ``x``."""
+    """Fake-quantize with LSQ gradients. ``step`` is a scalar or per-channel ``(C, 1, ...)``.
+
+    Written for few passes over memory, which is what a fake-quant costs on a CPU:
+    the forward is PyTorch's fused fake-quant kernel (one pass); the backward
+    derives both gradients from ``x`` and the output ``x_hat`` (tensors the
+    neighbouring layers keep alive anyway, so saving them costs no memory):
+
+        inside = (-Q_N s <= x <= Q_P s)
+        dL/dx  = g * inside
+        dL/ds  = gs * sum(g * (q - v * inside)),  q = x_hat / s, v = x / s
+               = gs / s * (<g, x_hat> - <dL/dx, x>)       (two dot products)
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, step: Tensor, qn: int, qp: int, grad_scale: float) -> Tensor:
-        v = x / step
-        q = v.clamp(-qn, qp).round_()
-        ctx.save_for_backward(v, step)
+        if step.numel() == 1:
+            out = torch.fake_quantize_per_tensor_affine(
+                x, step.reshape(1).to(torch.float32), torch.zeros(1, dtype=torch.int32, device=x.device), -qn, qp)
+        else:
+            out = torch.fake_quantize_per_channel_affine(
+                x, step.flatten().to(torch.float32), torch.zeros(step.numel(), dtype=torch.int32, device=x.device),
+                0, -qn, qp)
+        ctx.save_for_backward(x, step, out)
         ctx.qn, ctx.qp, ctx.grad_scale = qn, qp, grad_scale
-        return q.mul_(step)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        v, step = ctx.saved_tensors
-        qn, qp = ctx.qn, ctx.qp
-        inside = (v >= -qn) & (v <= qp)
-        grad_x = grad * inside if ctx.needs_input_grad[0] else None
+        x, step, out = ctx.saved_tensors
+        lo, hi = -ctx.qn * step, ctx.qp * step
+        inside = x.clamp(lo, hi) == x
+        grad_x = torch.where(inside, grad, 0.0)
         grad_step = None
         if ctx.needs_input_grad[1]:
-            # d x_hat / d s = round(v) - v inside the range, the clamp value outside:
-            # clamp(round(v)) - v * inside covers all three cases at once.
-            ds = v.clamp(-qn, qp).round_().sub_(v * inside).mul_(grad)
             if step.numel() == 1:
-                grad_step = ds.sum().reshape(step.shape)
-            else:  # per-channel: reduce over every dim where step broadcasts
-                dims = [d for d in range(ds.dim()) if step.shape[d] == 1]
-                grad_step = ds.sum(dim=dims, keepdim=True)
-            grad_step = grad_step * ctx.grad_scale
-        return grad_x, grad_step, None, None, None
+                dot = (grad.flatten() @ out.flatten()) - (grad_x.flatten() @ x.flatten())
+                grad_step = (dot * ctx.grad_scale / step).reshape(step.shape)
+            else:  # per-channel: one dot product per channel (dim 0)
+                g2, x2 = grad.flatten(1), x.flatten(1)
+                dot = (g2 * out.flatten(1)).sum(1) - (grad_x.flatten(1) * x2).sum(1)
+                grad_step = (dot * ctx.grad_scale).view_as(step) / step
+        return grad_x if ctx.needs_input_grad[0] else None, grad_step, None, None, None
 
 
 def lsq_quantize(
