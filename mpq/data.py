@@ -56,7 +56,11 @@ SEGMENTATION_COUNTS = {"train": 2000, "val": 300, "test": 500}
 CLASSIFICATION_SIZE, SEGMENTATION_SIZE = 32, 64
 DIGITS_PER_CANVAS = (2, 4)  # inclusive
 DIGIT_SCALE = (0.8, 1.4)
-FOREGROUND_THRESHOLD = 127  # a digit pixel is labeled where its intensity is > this
+FOREGROUND_THRESHOLD = 127  # a digit's strokes are its pixels brighter than this
+# A digit's label covers its strokes grown by this many pixels (a 3x3 dilation each):
+# the region a digit occupies, not only its 1-3 px strokes, which an output-stride-8
+# network cannot outline and which would make mIoU a measure of stroke boundaries.
+MASK_DILATION = 2
 PLACEMENT_TRIES, MAX_OVERLAP = 20, 0.25  # positions tried per digit; accepted box overlap fraction
 EMBEDDED_TRAIN_SHIFT = {"classification": 2, "segmentation": 4}  # px of random translation
 _BUILD_HINT = "run `mpq data build` (or `python -m mpq data build`)"
@@ -183,6 +187,15 @@ def _place(box: np.ndarray, occupied: np.ndarray, rng: np.random.Generator) -> t
     return best
 
 
+def _footprint(strokes: np.ndarray) -> np.ndarray:
+    """Pixels labeled as a digit: its strokes ``(S, S)`` on the canvas, dilated
+    ``MASK_DILATION`` times at canvas level (so the label is never clipped by the
+    digit's own array, and the union of the labels is the dilated union of strokes)."""
+    from scipy.ndimage import binary_dilation
+
+    return binary_dilation(strokes, iterations=MASK_DILATION) if MASK_DILATION else strokes
+
+
 def _canvases(images: np.ndarray, labels: np.ndarray, pool: np.ndarray, count: int,
               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``count`` segmentation canvases drawn from the MNIST indices in ``pool`` only.
@@ -208,7 +221,9 @@ def _canvases(images: np.ndarray, labels: np.ndarray, pool: np.ndarray, count: i
             occupied[y:y + h, x:x + w] |= box
             region = canvas[i, y:y + h, x:x + w]
             np.maximum(region, digit, out=region)
-            masks[i, y:y + h, x:x + w][digit > FOREGROUND_THRESHOLD] = 1 + labels[j]
+            strokes = np.zeros((s, s), bool)
+            strokes[y:y + h, x:x + w] = digit > FOREGROUND_THRESHOLD
+            masks[i][_footprint(strokes)] = 1 + labels[j]
     return canvas, masks, used
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import checkpoint, data, paths
-from .config import Config
+from .config import Config, ConfigError
 from .networks import build, get_spec
 from .quantized import calibrate, get_bits, quantize, set_bits
 from .train import FitSettings, evaluate, fit, resolve_device
@@ -33,7 +33,11 @@ def task_data(cfg: Config, network: str) -> data.TaskData:
     """
     task, net = get_spec(network).task, cfg.net(network)
     if cfg.scale != "paper":
-        return data.load_embedded(cfg.data.root, task, train_size=net.train_size)
+        td = data.load_embedded(cfg.data.root, task, train_size=net.train_size)
+        if td.input_size != net.input_size:
+            raise ConfigError(f"network.{network}.input_size: the embedded {task} data is "
+                              f"{td.input_size} px; set {td.input_size}")
+        return td
     if task == "classification":
         if not cfg.data.imagenet:
             raise FileNotFoundError("data.imagenet: not set; set it in the params file to an ImageNet "
@@ -163,7 +167,8 @@ class Experiment:
 
         Each model is checkpointed as soon as it exists; a rerun reuses valid
         checkpoints (an interrupted run resumes at the first missing model).
-        Returns ``{name: {"metric", "val_metric", "seconds", "bits"}}``.
+        Returns (and writes to ``baselines.json``) ``{name: {"metric", "val_metric",
+        "seconds", "bits"}}``: test and validation metric, training wall seconds.
         """
         out = Path(outdir) if outdir is not None else paths.network_dir(self.network)
         results: dict[str, dict[str, Any]] = {}
@@ -195,4 +200,5 @@ class Experiment:
                 checkpoint.save(path, qmodel, self.meta("quant", qmodel, seconds=seconds))
             results[name] = {"metric": self.evaluate(qmodel), "val_metric": self.evaluate(qmodel, "val"),
                              "seconds": seconds, "bits": bits}
+        checkpoint.atomic_write_json(out / paths.BASELINES_JSON, results)
         return results

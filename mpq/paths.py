@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["RESULTS", "network_dir", "report_dir", "FLOAT_CKPT", "uniform_ckpt"]
+__all__ = ["RESULTS", "network_dir", "report_dir", "FLOAT_CKPT", "BASELINES_JSON", "uniform_ckpt"]
 
 RESULTS = Path("results")
 FLOAT_CKPT = "float.pt"
+BASELINES_JSON = "baselines.json"
 
 
 def uniform_ckpt(bits: int) -> str:

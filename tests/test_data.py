@@ -8,17 +8,13 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from mpq.data import (ADE20K_LABEL_TO_TRAIN, CITYSCAPES_LABEL_TO_TRAIN, build_embedded, load_embedded,
-                      load_imagenet, load_segmentation, make_loader)
+from scipy.ndimage import binary_dilation
+
+from mpq.data import (ADE20K_LABEL_TO_TRAIN, CITYSCAPES_LABEL_TO_TRAIN, MASK_DILATION, build_embedded,
+                      load_embedded, load_imagenet, load_segmentation, make_loader)
 
 MEAN, STD = 0.1307, 0.3081
 SPLITS = ("train", "val", "test")
-
-
-@pytest.fixture(scope="session")
-def embedded(tmp_path_factory):
-    root = tmp_path_factory.mktemp("embedded")
-    return root, build_embedded(root)
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +23,12 @@ def mnist():
 
     x, y = mnist_data()
     return x.reshape(-1, 28, 28).astype(np.uint8), y
+
+
+def footprint(x: torch.Tensor) -> torch.Tensor:
+    """The labeled region of a normalized canvas channel: bright strokes, dilated."""
+    strokes = (x > (127.5 / 255 - MEAN) / STD).numpy()
+    return torch.from_numpy(binary_dilation(strokes, iterations=MASK_DILATION))
 
 
 def _npy(root, task, name):
@@ -99,7 +101,11 @@ def test_masks_match_digits_and_intensity(embedded, mnist):
         canvas, masks = _npy(root, "segmentation", f"{s}_images"), _npy(root, "segmentation", f"{s}_masks")
         digits = _npy(root, "segmentation", f"{s}_digits")
         assert masks.min() == 0 and masks.max() <= 10
-        assert np.array_equal(masks > 0, canvas > 127)  # labeled exactly where a digit is bright
+        strokes, labeled = canvas > 127, masks > 0
+        # labels cover every stroke, and the strokes grown by MASK_DILATION px, no more
+        assert np.all(labeled[strokes])
+        grown = np.stack([binary_dilation(s_, iterations=MASK_DILATION) for s_ in strokes])
+        assert np.array_equal(labeled, grown)
         for i in range(0, len(masks), 37):
             drawn = {1 + int(y[j]) for j in digits[i] if j >= 0}
             assert set(np.unique(masks[i])) - {0} <= drawn
@@ -130,7 +136,7 @@ def test_load_embedded_segmentation(embedded):
     assert (data.num_classes, data.input_size, len(data.train)) == (11, 64, 50)
     x, mask = data.val[3]
     assert x.shape == (3, 64, 64) and mask.shape == (64, 64) and mask.dtype == torch.int64
-    assert torch.equal(mask > 0, x[0] > (127.5 / 255 - MEAN) / STD)
+    assert torch.equal(mask > 0, footprint(x[0]))
 
 
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
@@ -146,8 +152,11 @@ def test_augmentation_reproducible_and_train_only(embedded, task):
     assert any(not torch.equal(a[0], plain.train[i][0]) for i, a in enumerate(first))
     assert all(torch.equal(data.val[i][0], plain.val[i][0]) for i in range(8))
     if task == "segmentation":  # the mask moved with its image
-        threshold = (127.5 / 255 - MEAN) / STD
-        assert all(torch.equal(m > 0, x[0] > threshold) for x, m in first)
+        # every bright pixel still carries a label, and the mask moved as far as the image
+        bright = [(x[0] > (127.5 / 255 - MEAN) / STD) for x, _ in first]
+        assert all(bool((m[b] > 0).all()) for b, (_, m) in zip(bright, first))
+        assert all(torch.equal(m > 0, footprint(x[0])) for x, m in first if not (m[:4].any() or m[-4:].any()
+                                                                                  or m[:, :4].any() or m[:, -4:].any()))
 
 
 def test_missing_embedded_data_says_how_to_build(tmp_path, embedded):

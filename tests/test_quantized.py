@@ -37,7 +37,7 @@ def test_set_bits_changes_in_place_and_reinitialises_steps():
     q = mpq.quantize(small_cnn(), 4)
     q(torch.rand(4, 3, 8, 8))  # calibrates activation steps
     layer = quant_layers(q)["2"]
-    w_step, a_step = float(layer.wq.step), float(layer.aq.step)
+    w_step, a_step = layer.wq.step.item(), layer.aq.step.item()
     assert mpq.set_bits(q, {"2": 2}) is q
     assert mpq.get_bits(q)["2"] == 2 and mpq.get_bits(q)["4"] == 4
     assert float(layer.wq.step) != w_step and float(layer.aq.step) > a_step

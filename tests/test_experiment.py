@@ -1,0 +1,72 @@
+"""Experiment glue and the baselines step: checkpoints, resume, mismatches, CLI errors."""
+import pytest
+import torch
+
+from mpq import checkpoint, config
+from mpq.cli import main
+from mpq.experiment import Experiment
+from tests.conftest import write_params
+
+
+def test_baselines_train_checkpoint_and_resume(micro_params, tmp_path):
+    cfg = config.load(micro_params)
+    exp = Experiment(cfg, "resnet50", progress=False)
+    res = exp.baselines(tmp_path)
+    assert set(res) == {"float", "uniform4", "uniform2"}
+    assert all(0 <= r["metric"] <= 100 for r in res.values())
+    files = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    assert set(files) == {"float.pt", "uniform4.pt", "uniform2.pt", "baselines.json"}
+    _, meta = checkpoint.load(tmp_path / "uniform2.pt")
+    cands = [n for n, b in meta["bits"].items() if n not in ("conv1", "fc")]
+    assert {meta["bits"][n] for n in cands} == {2} and meta["bits"]["fc"] == 8
+    # a rerun reuses every checkpoint and reproduces the numbers
+    again = Experiment(cfg, "resnet50", progress=False).baselines(tmp_path)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.suffix == ".pt"} == \
+        {k: v for k, v in files.items() if k.endswith(".pt")}
+    assert again == res
+
+
+def test_resume_after_interruption_trains_only_what_is_missing(micro_params, tmp_path):
+    cfg = config.load(micro_params)
+    Experiment(cfg, "resnet50", progress=False).baselines(tmp_path)
+    (tmp_path / "uniform2.pt").unlink()
+    kept = {n: (tmp_path / n).stat().st_mtime_ns for n in ("float.pt", "uniform4.pt")}
+    Experiment(cfg, "resnet50", progress=False).baselines(tmp_path)
+    assert {n: (tmp_path / n).stat().st_mtime_ns for n in kept} == kept
+    assert (tmp_path / "uniform2.pt").is_file()
+
+
+def test_checkpoint_of_another_width_is_refused(micro_params, tmp_path):
+    exp = Experiment(config.load(micro_params), "resnet50", progress=False)
+    model = exp.new_float()
+    checkpoint.save(tmp_path / "float.pt", model, exp.meta("float", model) | {"width": 0.5})
+    with pytest.raises(checkpoint.CheckpointMismatch, match="width=0.5, not 0.0625"):
+        exp.baselines(tmp_path)
+
+
+def test_quantized_model_round_trips_through_a_checkpoint(micro_params, tmp_path):
+    exp = Experiment(config.load(micro_params), "pspnet", progress=False)
+    q = exp.quantize(exp.new_float())
+    x = exp.example_input()
+    q.eval()
+    q(x)  # calibrate
+    checkpoint.save(tmp_path / "q.pt", q, exp.meta("quant", q))
+    q2, meta = exp.load(tmp_path / "q.pt", "quant")
+    q2.eval()
+    assert torch.equal(q(x), q2(x)) and meta["kind"] == "quant"
+
+
+def test_cli_errors_are_one_line(micro_params, tmp_path, capsys):
+    bad = write_params(tmp_path / "bad.yaml", network__resnet50__input_size=48, data__root=str(tmp_path / "nodata"))
+    assert main(["--params", str(bad), "baselines", "--network", "resnet50", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mpq: error: embedded data not found") and "\n" not in err
+    assert main(["--params", str(micro_params), "baselines", "--network", "vgg", "--out", str(tmp_path)]) == 2
+    assert "unknown network 'vgg'" in capsys.readouterr().err
+
+
+def test_input_size_must_match_embedded_data(embedded, tmp_path):
+    p = write_params(tmp_path / "p.yaml", data__root=str(embedded[0]), network__resnet50__input_size=48)
+    exp = Experiment(config.load(p), "resnet50", progress=False)
+    with pytest.raises(config.ConfigError, match="input_size: the embedded classification data is 32 px"):
+        exp.data
