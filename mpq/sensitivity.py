@@ -1,0 +1,100 @@
+"""The one shape every sensitivity method returns: a tidy table and a cost record.
+
+A ``Sensitivity`` holds one row per candidate layer, with the common columns
+``layer, bits_from, bits_to, score`` (higher score = more harmful to reduce the
+layer from ``bits_from`` to ``bits_to``) plus method-specific columns, and a
+``CostRecord`` of what computing it took (wall seconds, device, passes).
+The allocator and the report read only the common columns, so no method is
+ever special-cased downstream.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .checkpoint import atomic_write_json, atomic_write_text
+
+__all__ = ["COLUMNS", "CostRecord", "Sensitivity", "device_name"]
+
+COLUMNS = ("layer", "bits_from", "bits_to", "score")
+
+
+def device_name(device: Any = "cpu") -> str:
+    """A human-readable name of the device a method ran on (for cost records)."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+@dataclass(frozen=True)
+class CostRecord:
+    """What computing a sensitivity took."""
+
+    method: str
+    seconds: float                 # wall time, all workers together (end - start)
+    device: str                    # e.g. "cpu:x86_64 x2 threads", "NVIDIA H100 80GB HBM3"
+    workers: int = 1               # processes / GPUs that shared the work
+    forward_passes: int = 0        # samples through a forward pass
+    backward_passes: int = 0       # samples through a backward pass
+    epochs: float = 0.0            # training epochs spent (over all layer jobs)
+    host: str = field(default_factory=socket.gethostname)
+    notes: str = ""
+
+    @property
+    def device_seconds(self) -> float:
+        """Seconds of device time: wall time x workers (GPU-hours at paper scale / 3600)."""
+        return self.seconds * self.workers
+
+
+@dataclass
+class Sensitivity:
+    """A method's per-layer scores and its cost."""
+
+    method: str
+    table: pd.DataFrame
+    cost: CostRecord
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = [c for c in COLUMNS if c not in self.table.columns]
+        if missing:
+            raise ValueError(f"a sensitivity table needs the columns {list(COLUMNS)}; missing {missing}")
+        if self.table["layer"].duplicated().any():
+            dup = self.table.loc[self.table["layer"].duplicated(), "layer"].iloc[0]
+            raise ValueError(f"layer {dup!r} appears twice in the {self.method} table")
+        self.table = self.table[list(COLUMNS) + [c for c in self.table.columns if c not in COLUMNS]]
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return dict(zip(self.table["layer"], self.table["score"].astype(float)))
+
+    def for_allocator(self) -> dict[str, dict[int, float]]:
+        """``{layer: {bits_from: 0, bits_to: score}}``: the allocator's sensitivity table."""
+        return {r.layer: {int(r.bits_from): 0.0, int(r.bits_to): float(r.score)}
+                for r in self.table.itertuples()}
+
+    def save(self, folder: str | Path) -> None:
+        """``<method>.csv`` (the table) and ``<method>_cost.json`` (cost record + meta), atomically."""
+        folder = Path(folder)
+        atomic_write_text(folder / f"{self.method}.csv", self.table.to_csv(index=False))
+        atomic_write_json(folder / f"{self.method}_cost.json",
+                          {"cost": asdict(self.cost), "meta": self.meta})
+
+    @classmethod
+    def load(cls, folder: str | Path, method: str) -> "Sensitivity":
+        folder = Path(folder)
+        csv, js = folder / f"{method}.csv", folder / f"{method}_cost.json"
+        for p in (csv, js):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p} not found: run `mpq sensitivity --method {method}` first")
+        blob = json.loads(js.read_text())
+        return cls(method, pd.read_csv(csv), CostRecord(**blob["cost"]), blob.get("meta", {}))
