@@ -35,6 +35,19 @@ def _cmd_baselines(args: argparse.Namespace) -> None:
         print(json.dumps({network: results}, indent=1))
 
 
+def _cmd_sensitivity(args: argparse.Namespace) -> None:
+    from .experiment import SENSITIVITY_METHODS, Experiment
+
+    cfg = config.load(args.params)
+    methods = args.method or list(SENSITIVITY_METHODS)
+    for network in args.network or cfg.networks:
+        exp = Experiment(cfg, network, progress=not args.quiet)
+        for method in methods:
+            s = exp.sensitivity(method, args.out and Path(args.out) / network)
+            print(f"{network} {method}: {len(s.table)} layers in {s.cost.seconds:.2f} s "
+                  f"({s.cost.device}, {s.cost.workers} worker(s))")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mpq", description=__doc__.splitlines()[0])
     p.add_argument("--params", default=config.DEFAULT_PARAMS, help="settings file (default: params.yaml)")
@@ -50,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None, help="results root (default: results/)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=_cmd_baselines)
+
+    s = sub.add_parser("sensitivity", help="score every candidate layer (needs the baselines' checkpoints)")
+    s.add_argument("--network", action="append", help="network (repeatable; default: all in params)")
+    s.add_argument("--method", action="append", help="eagl, alps, hessian, noft or random (repeatable; default: all)")
+    s.add_argument("--out", default=None, help="results root (default: results/)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=_cmd_sensitivity)
     return p
 
 

@@ -109,6 +109,64 @@ class QuantConfig:
 
 
 @dataclass(frozen=True)
+class EaglConfig:
+    variant: str                 # entropy | entropy_x_params | entropy_drop
+
+    def validate(self, key: str) -> None:
+        choices = ("entropy", "entropy_x_params", "entropy_drop")
+        _check(self.variant in choices, f"{key}.variant", f"must be one of {list(choices)}, got {self.variant!r}")
+
+
+@dataclass(frozen=True)
+class AlpsConfig:
+    epochs: float                # fine-tune per layer job (1 = one epoch of the training split)
+    workers: int                 # parallel CPU worker processes (GPUs: one torchrun rank each)
+
+    def validate(self, key: str) -> None:
+        _check(self.epochs > 0, f"{key}.epochs", f"must be > 0, got {self.epochs} (epochs 0 is the noft baseline)")
+        _check(self.workers >= 1, f"{key}.workers", f"must be >= 1, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class HessianConfig:
+    samples: int                 # Hutchinson probe vectors
+    batches: int                 # training batches the loss is averaged over
+
+    def validate(self, key: str) -> None:
+        _check(self.samples >= 2, f"{key}.samples", f"must be >= 2, got {self.samples}")
+        _check(self.batches >= 1, f"{key}.batches", f"must be >= 1, got {self.batches}")
+
+
+@dataclass(frozen=True)
+class AllocateConfig:
+    cost: str                    # throughput | bops | size
+    points: int                  # budgets between all-start_bits (1.0x) and all-low_bits
+    solver: str                  # milp | greedy
+
+    def validate(self, key: str) -> None:
+        _check(self.cost in ("throughput", "bops", "size"), f"{key}.cost",
+               f"must be throughput, bops or size, got {self.cost!r}")
+        _check(self.points >= 2, f"{key}.points", f"must be >= 2, got {self.points}")
+        _check(self.solver in ("milp", "greedy"), f"{key}.solver", f"must be milp or greedy, got {self.solver!r}")
+
+
+@dataclass(frozen=True)
+class FrontierConfig:
+    methods: tuple[str, ...]     # selection methods compared on the frontier
+    epochs: float                # LSQ fine-tune of every configuration (same for every method)
+    seeds: tuple[int, ...]       # fine-tune seeds (error bars); random selection uses the same seed
+    workers: int
+
+    def validate(self, key: str) -> None:
+        choices = ("eagl", "alps", "hessian", "noft", "random")
+        bad = [m for m in self.methods if m not in choices]
+        _check(not bad, f"{key}.methods", f"unknown method {bad[:1]}; choose from {list(choices)}")
+        _check(self.epochs >= 0, f"{key}.epochs", "must be >= 0")
+        _check(len(self.seeds) >= 1, f"{key}.seeds", "needs at least one seed")
+        _check(self.workers >= 1, f"{key}.workers", f"must be >= 1, got {self.workers}")
+
+
+@dataclass(frozen=True)
 class Config:
     scale: str                   # embedded | paper (a label for reports)
     seed: int
@@ -119,7 +177,11 @@ class Config:
     train: TrainConfig
     quant: QuantConfig
     network: dict[str, NetworkConfig]
-    method: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method settings
+    eagl: EaglConfig
+    alps: AlpsConfig
+    hessian: HessianConfig
+    allocate: AllocateConfig
+    frontier: FrontierConfig
     source: str = field(default="", compare=False)
 
     def validate(self, key: str = "") -> None:
@@ -134,9 +196,8 @@ class Config:
         for n, nc in self.network.items():
             _check(n in NETWORKS, f"network.{n}", f"unknown network; choose from {sorted(NETWORKS)}")
             nc.validate(f"network.{n}")
-        self.data.validate("data")
-        self.train.validate("train")
-        self.quant.validate("quant")
+        for name in ("data", "train", "quant", "eagl", "alps", "hessian", "allocate", "frontier"):
+            getattr(self, name).validate(name)
 
     def net(self, name: str) -> NetworkConfig:
         """Settings of network ``name``; a clear error for one this preset does not configure."""
@@ -145,16 +206,9 @@ class Config:
                               f"choose one of {sorted(self.network)}")
         return self.network[name]
 
-    def section(self, name: str) -> dict[str, Any]:
-        """A method's settings block (e.g. ``alps``) as a plain dict."""
-        if name not in self.method:
-            raise ConfigError(f"{name}: missing section in {self.source or 'the params'}")
-        return dict(self.method[name])
-
     def fingerprint(self, *parts: str) -> str:
         """A short hash of some top-level sections, to tie results to the settings they used."""
         d = dataclasses.asdict(self)
-        d.update(d.pop("method"))
         blob = json.dumps({p: d[p] for p in parts}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -226,18 +280,6 @@ def load(path: str | Path = DEFAULT_PARAMS) -> Config:
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     _check(isinstance(raw, dict), str(p), "must hold a mapping of settings")
-    known = {f.name for f in dataclasses.fields(Config)} - {"method", "source"}
-    core = {k: v for k, v in raw.items() if k in known}
-    methods = {k: v for k, v in raw.items() if k not in known}
-    for k, v in methods.items():
-        _check(k in METHOD_SECTIONS, k, f"unknown key; expected one of {sorted(known | set(METHOD_SECTIONS))}")
-        _check(isinstance(v, dict), k, "must be a mapping")
-    cfg = from_dict(Config, core)
-    cfg = dataclasses.replace(cfg, method=methods, source=str(p))
+    cfg = dataclasses.replace(from_dict(Config, raw), source=str(p))
     cfg.validate()
     return cfg
-
-
-# Sections owned by the sensitivity/allocation/frontier steps; each step validates
-# its own section's keys when it reads it (see Config.section).
-METHOD_SECTIONS = ("eagl", "alps", "hessian", "noft", "random", "allocate", "frontier", "report")

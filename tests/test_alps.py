@@ -1,0 +1,282 @@
+"""ALPS sensitivity: table, determinism, resume, stale records, worker pool, ranks, no-fine-tune, bad input.
+
+Everything runs on a tiny quantized conv net (3 candidate convs) on random 8x8
+inputs with learnable labels, so that a job takes milliseconds.
+"""
+import copy
+import json
+import os
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import mpq
+from mpq import alps
+from mpq.data import make_loader
+from mpq.quantized import NotQuantizedError
+from mpq.train import FitSettings, evaluate, fit
+
+SETTINGS = FitSettings(epochs=1, lr=0.05)
+BATCH = 16
+N_TRAIN, N_VAL = 48, 32
+# every column but seconds and worker; train_loss (a float) shows any difference in the fine-tune
+DETERMINISTIC = ["layer", "bits_from", "bits_to", "score", "metric", "reference_metric", "train_loss"]
+REAL_RUN_JOB = alps._run_job
+
+
+def tiny_net() -> nn.Module:
+    block = nn.Sequential(OrderedDict(conv1=nn.Conv2d(8, 8, 3, padding=1), r1=nn.ReLU(),
+                                      conv2=nn.Conv2d(8, 8, 3, padding=1), r2=nn.ReLU()))
+    return nn.Sequential(OrderedDict(
+        stem=nn.Conv2d(3, 8, 3, padding=1), r0=nn.ReLU(), block=block,
+        conv3=nn.Conv2d(8, 8, 3, stride=2, padding=1), r3=nn.ReLU(),
+        flat=nn.Flatten(), fc=nn.Linear(128, 4)))
+
+
+@contextmanager
+def one_thread():
+    """Run torch on one thread (as ``run`` does): equal thread counts give equal floats."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """``(qmodel, train, val)``: a trained tiny net, quantized to 4 bits and calibrated.
+
+    Inputs are noise plus one of 4 class patterns, so the net learns them and
+    reducing a layer to 2 bits changes the validation accuracy.
+    """
+    with one_thread():  # the machine is shared: one thread is faster than two fighting
+        torch.manual_seed(0)
+        y = torch.randint(0, 4, (N_TRAIN + N_VAL,))
+        x = torch.randn(N_TRAIN + N_VAL, 3, 8, 8) + 0.5 * torch.randn(4, 3, 8, 8)[y]
+        train, val = TensorDataset(x[:N_TRAIN], y[:N_TRAIN]), TensorDataset(x[N_TRAIN:], y[N_TRAIN:])
+        net = tiny_net()
+        fit(net, make_loader(train, batch_size=BATCH, train=True), task="classification",
+            settings=FitSettings(epochs=15, lr=0.1), progress=False)
+        q = mpq.quantize(net, 4)
+        mpq.calibrate(q, [x[:BATCH]])
+    return q, train, val
+
+
+def run(setup, *, model=None, train=None, val=None, **kw):
+    """``alps.scores`` on the tiny setup with the test defaults (one thread), overridden by ``kw``."""
+    q, tr, va = setup
+    args = dict(task="classification", num_classes=4, settings=SETTINGS, batch_size=BATCH, progress=False,
+                threads=1)
+    args.update(kw)
+    return alps.scores(q if model is None else model, tr if train is None else train,
+                       va if val is None else val, **args)
+
+
+def counting(monkeypatch, fail_at: int | None = None) -> list:
+    """Wrap ``alps._run_job``: record each job run here; raise Ctrl-C on call ``fail_at``."""
+    calls, real = [], REAL_RUN_JOB
+
+    def wrapped(ctx, layer):
+        calls.append(layer)
+        if fail_at is not None and len(calls) == fail_at:
+            raise KeyboardInterrupt
+        return real(ctx, layer)
+
+    monkeypatch.setattr(alps, "_run_job", wrapped)
+    return calls
+
+
+def mtimes(folder) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")}
+
+
+def test_table_scores_and_cost(setup):
+    q, train, val = setup
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    s = run(setup)
+    assert s.method == "alps"
+    assert list(s.table.columns[:4]) == ["layer", "bits_from", "bits_to", "score"]
+    assert {"metric", "reference_metric", "train_loss", "seconds", "worker"} <= set(s.table.columns)
+    assert list(s.table["layer"]) == mpq.candidate_layers(q) == ["block.conv1", "block.conv2", "conv3"]
+    assert (s.table["bits_from"] == 4).all() and (s.table["bits_to"] == 2).all()
+    assert (s.table["score"] == s.table["reference_metric"] - s.table["metric"]).all()
+    assert s.for_allocator()["conv3"] == {4: 0.0, 2: float(s.table["score"].iloc[2])}
+    # the caller's model is untouched
+    assert all(torch.equal(v, before[k]) for k, v in q.state_dict().items())
+    assert set(mpq.get_bits(q).values()) == {4, 8}
+    # the reference job is the recipe itself: seed, fine-tune, mpq.train.evaluate on val
+    ref = copy.deepcopy(q)
+    with one_thread():
+        torch.manual_seed(0)
+        stats = fit(ref, make_loader(train, batch_size=BATCH, train=True, seed=0), task="classification",
+                    settings=SETTINGS, progress=False)
+        expected = evaluate(ref, make_loader(val, batch_size=BATCH, train=False),
+                            task="classification", num_classes=4)
+    assert s.meta["reference_metric"] == expected and s.meta["reference_train_loss"] == stats["loss"]
+    assert s.table["train_loss"].nunique() == 3  # each reduced layer changes the fine-tune
+    # cost of 4 jobs (reference + 3 layers) of 1 epoch = 3 steps of 16 samples, then 32 val samples
+    assert s.cost.epochs == 4 and s.cost.workers == 1
+    assert s.cost.backward_passes == 4 * N_TRAIN and s.cost.forward_passes == 4 * (N_TRAIN + N_VAL)
+    assert s.meta["jobs_run"] == 4 and s.meta["jobs_reused"] == 0 and s.cost.seconds > 0
+    assert s.cost.device.startswith("cpu")
+
+
+def test_same_seed_same_table(setup):
+    a, b = run(setup), run(setup)
+    pd.testing.assert_frame_equal(a.table[DETERMINISTIC], b.table[DETERMINISTIC])
+
+
+def test_resume_after_interrupt_skips_finished_jobs(setup, tmp_path, monkeypatch):
+    full = run(setup)
+    calls = counting(monkeypatch, fail_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        run(setup, record_dir=tmp_path)
+    done = mtimes(tmp_path)
+    assert sorted(done) == ["__reference__.json", "block.conv1.json"]  # written as soon as each job ended
+    assert not list(tmp_path.glob(".*.tmp"))  # no half-written file left behind
+    calls = counting(monkeypatch)
+    resumed = run(setup, record_dir=tmp_path)
+    assert calls == ["block.conv2", "conv3"]  # the finished jobs are not recomputed
+    assert all(mtimes(tmp_path)[name] == t for name, t in done.items())
+    pd.testing.assert_frame_equal(resumed.table[DETERMINISTIC], full.table[DETERMINISTIC])
+    assert resumed.meta["jobs_run"] == 2 and resumed.meta["jobs_reused"] == 2 and resumed.cost.epochs == 2
+    # a rerun of a finished run computes nothing and returns the identical table (seconds included)
+    calls.clear()
+    again = run(setup, record_dir=tmp_path)
+    assert calls == [] and again.cost.epochs == 0 and again.cost.backward_passes == 0
+    pd.testing.assert_frame_equal(again.table, resumed.table)
+    # a subset of layers reuses the same records
+    sub = run(setup, record_dir=tmp_path, layers=["conv3"])
+    assert calls == [] and list(sub.table["layer"]) == ["conv3"]
+    record = json.loads((tmp_path / "conv3.json").read_text())
+    assert record["layer"] == "conv3" and record["key"] == again.meta["key"]
+    # record file names: module names as they are; anything else sanitised without collisions
+    assert alps.record_path(tmp_path, "layer3.4.conv2").name == "layer3.4.conv2.json"
+    assert alps.record_path(tmp_path, "a/b") != alps.record_path(tmp_path, "a_b")
+    assert alps.record_path(tmp_path, "a/b").parent == tmp_path
+
+
+def test_stale_or_corrupt_records_are_recomputed(setup, tmp_path, monkeypatch):
+    first = run(setup, record_dir=tmp_path)
+    calls = counting(monkeypatch)
+    # other settings: every record has another key
+    other = run(setup, record_dir=tmp_path, settings=replace(SETTINGS, lr=0.02))
+    assert len(calls) == 4 and other.meta["key"] != first.meta["key"]
+    assert all(json.loads(p.read_text())["key"] == other.meta["key"] for p in tmp_path.glob("*.json"))
+    # other weights (another checkpoint): recomputed again
+    calls.clear()
+    q2 = copy.deepcopy(setup[0])
+    with torch.no_grad():
+        q2.block.conv1.weight[0, 0, 0, 0] += 0.01
+    moved = run(setup, model=q2, record_dir=tmp_path)
+    assert len(calls) == 4 and moved.meta["key"] not in (first.meta["key"], other.meta["key"])
+    # truncated or garbage records count as missing: only those jobs run again
+    calls.clear()
+    path = tmp_path / "block.conv2.json"
+    path.write_text(path.read_text()[:40])
+    (tmp_path / "__reference__.json").write_bytes(b"\x00\xff garbage")
+    again = run(setup, model=q2, record_dir=tmp_path)
+    assert sorted(calls, key=str) == sorted([None, "block.conv2"], key=str)
+    pd.testing.assert_frame_equal(again.table[DETERMINISTIC], moved.table[DETERMINISTIC])
+
+
+def test_two_workers_match_one(setup, tmp_path):
+    threads = torch.get_num_threads()
+    one = run(setup, threads=1)
+    assert torch.get_num_threads() == threads  # restored after the call
+    two = run(setup, workers=2, threads=1, record_dir=tmp_path)
+    pd.testing.assert_frame_equal(one.table[DETERMINISTIC], two.table[DETERMINISTIC])
+    assert set(two.table["worker"]) <= {"proc0", "proc1"} and set(one.table["worker"]) == {"main"}
+    assert two.cost.workers == 2 and two.cost.epochs == 4
+    assert len(list(tmp_path.glob("*.json"))) == 4  # the workers wrote their records
+    assert not any(t.is_shared() for t in setup[0].state_dict().values())  # the caller's model is as it was
+
+
+def _rank(rank: int, world: int, init: str, q, train, val, folder: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        common = dict(task="classification", num_classes=4, settings=SETTINGS, batch_size=BATCH,
+                      progress=False)
+        try:
+            alps.scores(q, train, val, **common)
+        except ValueError as e:
+            assert "record_dir" in str(e)
+        else:
+            raise AssertionError("record_dir=None was accepted under torch.distributed")
+        s = alps.scores(q, train, val, record_dir=folder, **common)
+        s.table.to_pickle(os.path.join(out, f"rank{rank}.pkl"))
+        with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+            json.dump({"jobs_run": s.meta["jobs_run"], "workers": s.cost.workers,
+                       "epochs": s.cost.epochs}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_ranks_split_jobs_and_agree(setup, tmp_path):
+    q, train, val = setup
+    single = run(setup, threads=1)
+    torch.multiprocessing.spawn(_rank, args=(2, f"file://{tmp_path / 'rdzv'}", q, train, val,
+                                             str(tmp_path / "records"), str(tmp_path)), nprocs=2)
+    for r in range(2):
+        table = pd.read_pickle(tmp_path / f"rank{r}.pkl")
+        pd.testing.assert_frame_equal(table[DETERMINISTIC], single.table[DETERMINISTIC])
+        info = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert info == {"jobs_run": 4, "workers": 2, "epochs": 4.0}
+    # jobs [rank::2]: rank 0 ran the reference and block.conv2, rank 1 block.conv1 and conv3
+    assert list(table["worker"]) == ["rank1", "rank0", "rank1"]
+
+
+def test_no_finetune_drop(setup, monkeypatch):
+    q, _, val = setup
+
+    def no_training(*a, **k):
+        raise AssertionError("fit was called with epochs=0")
+
+    monkeypatch.setattr(alps, "fit", no_training)
+    s = run(setup, settings=replace(SETTINGS, epochs=0))
+    assert s.method == "noft" and s.cost.epochs == 0 and s.cost.backward_passes == 0
+    assert s.table["train_loss"].isna().all()
+    assert s.cost.forward_passes == 4 * N_VAL
+    loader = make_loader(val, batch_size=BATCH, train=False)
+    with one_thread():
+        assert s.meta["reference_metric"] == evaluate(q, loader, task="classification", num_classes=4)
+        for row in s.table.itertuples():
+            reduced = mpq.set_bits(copy.deepcopy(q), {row.layer: 2})
+            metric = evaluate(reduced, loader, task="classification", num_classes=4)
+            assert row.metric == metric and row.score == s.meta["reference_metric"] - metric
+    assert s.table["score"].abs().sum() > 0  # 2 bits without a fine-tune hurts this net
+    assert run(setup, settings=replace(SETTINGS, epochs=0), method="custom").method == "custom"
+
+
+def test_bad_input(setup):
+    empty = TensorDataset(torch.zeros(0, 3, 8, 8), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(NotQuantizedError):
+        run(setup, model=tiny_net())
+    with pytest.raises(ValueError, match="validation set has 0 samples.*carve"):
+        run(setup, val=empty)
+    with pytest.raises(ValueError, match="training set has 0 samples.*smaller batch_size"):
+        run(setup, train=empty)
+    with pytest.raises(ValueError, match="training set has 8 samples"):
+        run(setup, train=TensorDataset(torch.zeros(8, 3, 8, 8), torch.zeros(8, dtype=torch.long)))
+    # no fine-tune: the train split is not used, an empty one is fine
+    assert run(setup, train=empty, settings=replace(SETTINGS, epochs=0)).method == "noft"
+    with pytest.raises(ValueError, match="unknown task"):
+        run(setup, task="detection")
+    with pytest.raises(KeyError, match="nope"):
+        run(setup, layers=["block.conv1", "nope"])
+    with pytest.raises(ValueError, match="'stem'.*not a candidate"):
+        run(setup, layers=["stem"])
+    with pytest.raises(ValueError, match="bits"):
+        run(setup, low_bits=1)
+    with pytest.raises(ValueError, match="workers > 1 runs CPU"):
+        run(setup, workers=2, device="cuda")
