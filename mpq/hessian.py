@@ -40,7 +40,6 @@ quantizer switched off, in ``eval`` mode (BN running statistics, no dropout).
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -50,7 +49,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .quantized import candidate_layers, quant_layers
+from .quantized import candidate_layers, float_view, quant_layers
 from .quantizers import lsq_init_step, lsq_quantize, qrange
 from .sensitivity import CostRecord, Sensitivity, device_name
 
@@ -224,16 +223,6 @@ def layer_traces(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], *,
     return (traces, stderr) if return_stderr else traces
 
 
-def _float_view(qmodel: nn.Module) -> nn.Module:
-    """A deep copy of a quantized model with every weight and activation quantizer off."""
-    fmodel = copy.deepcopy(qmodel)
-    for layer in quant_layers(fmodel).values():
-        layer.wq.bits = None
-        layer.aq.bits = None
-    return fmodel
-
-
-@torch.no_grad()
 def _quant_errors(layer: nn.Module, low_bits: int) -> tuple[float, float]:
     """``(||Q_cur(W) - W||^2, ||Q_low(W) - W||^2)`` of a quantized layer's latent weights.
 
@@ -277,7 +266,7 @@ def scores(qmodel: nn.Module, batches: Iterable[Batch], *, loss_fn: LossFn, samp
         if b is None or b <= low_bits:
             raise ValueError(f"candidate layer {n!r} is at {b} bits: it cannot be reduced to "
                              f"{low_bits} bits")
-    fmodel = _float_view(qmodel).to(device)
+    fmodel = float_view(qmodel).to(device)
     names, est, images = _hutchinson(fmodel, loss_fn, data, samples=samples, seed=seed,
                                      layers=cands, device=device)
     del fmodel

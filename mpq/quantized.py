@@ -17,7 +17,7 @@ from torch import nn
 from .quantizers import QUANT_LAYERS, QConv2d, QLinear, qrange
 
 __all__ = ["quantize", "set_bits", "get_bits", "candidate_layers", "quant_layers",
-           "is_quantized", "calibrate", "NotQuantizedError"]
+           "is_quantized", "calibrate", "float_view", "NotQuantizedError"]
 
 
 class NotQuantizedError(ValueError):
@@ -110,6 +110,15 @@ def set_bits(qmodel: nn.Module, bits: Mapping[str, int] | int, *, allow_fixed: b
                              "pass allow_fixed=True to change it")
         layer.set_bits(int(b))
     return qmodel
+
+
+def float_view(qmodel: nn.Module) -> nn.Module:
+    """A deep copy of a quantized model with every quantizer disabled (its latent float weights)."""
+    fmodel = copy.deepcopy(qmodel)
+    for layer in _require_quantized(fmodel).values():
+        layer.wq.bits = None
+        layer.aq.bits = None
+    return fmodel
 
 
 @torch.no_grad()
