@@ -48,6 +48,55 @@ def _cmd_sensitivity(args: argparse.Namespace) -> None:
                   f"({s.cost.device}, {s.cost.workers} worker(s))")
 
 
+def _cmd_frontier(args: argparse.Namespace) -> None:
+    from .experiment import Experiment
+
+    cfg = config.load(args.params)
+    for network in args.network or cfg.networks:
+        exp = Experiment(cfg, network, progress=not args.quiet)
+        table = exp.frontier(args.out and Path(args.out) / network)
+        print(f"{network}: {len(table)} frontier points")
+        print(table.groupby(["method", "target"])["metric"].mean().round(2).to_string())
+
+
+def _cmd_allocate(args: argparse.Namespace) -> None:
+    """EAGL + the allocator on a torchvision model: write a bit-configuration file."""
+    import torch
+    import torchvision
+
+    from . import allocate, cost, eagl
+    from .bitconfig import save_bits
+    from .quantized import candidate_layers, get_bits, quantize
+
+    if args.model not in torchvision.models.list_models():
+        raise ValueError(f"unknown torchvision model {args.model!r}: see torchvision.models.list_models()")
+    model = torchvision.models.get_model(args.model, weights="DEFAULT" if args.pretrained else None,
+                                         **({} if args.pretrained else {"num_classes": args.num_classes}))
+    if args.weights:
+        state = torch.load(args.weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    q = quantize(model, args.start_bits)
+    x = torch.randn(1, 3, args.input_size, args.input_size)
+    q.eval()
+    q(x)  # activation steps
+    macs, params = cost.layer_macs(q, x), cost.layer_params(q)
+    cands = candidate_layers(q)
+    bits0 = get_bits(q)
+    fixed = {n: b for n, b in bits0.items() if n not in cands}
+    table = cost.layer_costs(args.cost, macs, params, cands, [args.start_bits, args.low_bits])
+    sens = eagl.scores(q, variant=args.variant, low_bits=args.low_bits).for_allocator()
+    [alloc] = allocate.sweep(sens, table, [args.budget], reference_bits=args.start_bits,
+                             fixed_cost=cost.total_cost(args.cost, fixed, macs, params))
+    bits = {**bits0, **alloc.bits}
+    pred = cost.summary(bits, bits0, macs, params)
+    save_bits(args.out, bits, network=args.model, method=f"eagl-{args.variant}", cost_model=args.cost,
+              target=args.budget, predicted={k: round(v, 6) for k, v in pred.items()},
+              checkpoint=args.weights or ("torchvision DEFAULT weights" if args.pretrained else "untrained"))
+    n_low = sum(b == args.low_bits for b in alloc.bits.values())
+    print(f"{args.out}: {n_low}/{len(cands)} layers at {args.low_bits} bits, relative {args.cost} "
+          f"{alloc.relative:.3f}x (asked {args.budget}x)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mpq", description=__doc__.splitlines()[0])
     p.add_argument("--params", default=config.DEFAULT_PARAMS, help="settings file (default: params.yaml)")
@@ -70,6 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="results root (default: results/)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_sensitivity)
+
+    f = sub.add_parser("frontier", help="fine-tune and evaluate every (method, budget, seed) configuration")
+    f.add_argument("--network", action="append", help="network (repeatable; default: all in params)")
+    f.add_argument("--out", default=None, help="results root (default: results/)")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    f.set_defaults(func=_cmd_frontier)
+
+    a = sub.add_parser("allocate", help="EAGL + allocator on a torchvision model -> bit-configuration file")
+    a.add_argument("--model", required=True, help="torchvision model name, e.g. resnet50")
+    a.add_argument("--budget", type=float, required=True, help="relative target vs all start-bits (e.g. 1.5)")
+    a.add_argument("--cost", default="throughput", choices=["throughput", "bops", "size"])
+    a.add_argument("--variant", default="entropy", choices=["entropy", "entropy_x_params", "entropy_drop"])
+    a.add_argument("--weights", default=None, help="a state-dict file for the model (LSQ-trained 4-bit is best)")
+    a.add_argument("--pretrained", action="store_true", help="torchvision's default weights (needs them cached)")
+    a.add_argument("--num-classes", type=int, default=1000)
+    a.add_argument("--input-size", type=int, default=224)
+    a.add_argument("--start-bits", type=int, default=4)
+    a.add_argument("--low-bits", type=int, default=2)
+    a.add_argument("--out", default="bits.yaml", help="bit-configuration file to write")
+    a.set_defaults(func=_cmd_allocate)
     return p
 
 

@@ -8,16 +8,18 @@ uniform baselines.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import alps, baselines, checkpoint, data, eagl, hessian, paths
+from . import alps, baselines, bitconfig, checkpoint, cost, data, eagl, frontier, hessian, jobs, paths
 from .config import Config, ConfigError
 from .networks import build, get_spec
 from .quantized import calibrate, candidate_layers, get_bits, quantize, set_bits
@@ -254,3 +256,95 @@ class Experiment:
         result.meta.update(network=self.network, width=self.net.width, scale=cfg.scale)
         result.save(out / paths.SENSITIVITY)
         return result
+
+    # ---- cost model and frontier ------------------------------------------------------------
+    def cost_model(self, qmodel: nn.Module) -> dict[str, Any]:
+        """Per-layer MACs/params and the allocator's cost table for ``allocate.cost``.
+
+        Returns ``{"macs", "params", "table", "fixed_cost"}``: ``table`` covers the
+        candidate layers at ``start_bits``/``low_bits``; ``fixed_cost`` is the cost of
+        the layers kept at ``keep_bits`` (so relative values are for the whole network).
+        """
+        q, kind = self.cfg.quant, self.cfg.allocate.cost
+        macs = cost.layer_macs(qmodel, self.example_input().to(self.device))
+        params = cost.layer_params(qmodel)
+        bits = get_bits(qmodel)
+        cands = candidate_layers(qmodel)
+        fixed = {n: b for n, b in bits.items() if n not in cands}
+        return {"macs": macs, "params": params,
+                "table": cost.layer_costs(kind, macs, params, cands, [q.start_bits, q.low_bits]),
+                "fixed_cost": cost.total_cost(kind, fixed, macs, params)}
+
+    def frontier(self, outdir: str | Path | None = None, methods: tuple[str, ...] | None = None) -> pd.DataFrame:
+        """Fine-tune every frontier configuration and evaluate it on the test split.
+
+        Needs the baselines and the sensitivity tables of ``frontier.methods``.
+        Writes ``frontier.csv`` (one row per configuration and seed),
+        ``frontier_summary.csv`` and one bit-configuration file per configuration
+        under ``configs/``; every finished job is a record under
+        ``records/frontier/``, so a rerun computes only what is missing.
+        """
+        out = Path(outdir) if outdir is not None else paths.network_dir(self.network)
+        cfg, q = self.cfg, self.cfg.quant
+        methods = cfg.frontier.methods if methods is None else methods
+        qmodel, fmodel = self.start_models(out)
+        cm = self.cost_model(qmodel)
+        cands = candidate_layers(qmodel)
+        scores: dict[str, Any] = {}
+        for m in methods:
+            if m == "random":
+                scores[m] = lambda seed: baselines.random_scores(
+                    cands, seed=seed, bits_from=q.start_bits, bits_to=q.low_bits).for_allocator()
+            else:
+                scores[m] = Sensitivity.load(out / paths.SENSITIVITY, m).for_allocator()
+        plan = frontier.plan(scores, cm["table"], points=cfg.allocate.points, seeds=cfg.frontier.seeds,
+                             start_bits=q.start_bits, low_bits=q.low_bits, fixed_cost=cm["fixed_cost"],
+                             solver=cfg.allocate.solver)
+        all4 = get_bits(qmodel)
+        ckpt = str(out / paths.uniform_ckpt(q.start_bits))
+        job_list, info = [], {}
+        for point in plan:
+            bits = {**all4, **point.bits}
+            pred = cost.summary(bits, all4, cm["macs"], cm["params"])
+            config_path = out / paths.CONFIGS / f"{point.method}-t{point.target:.4f}" \
+                f"{'-s%d' % point.seeds[0] if point.method == 'random' else ''}.yaml"
+            bitconfig.save_bits(config_path, bits, network=self.network, method=point.method,
+                                cost_model=cfg.allocate.cost, target=round(point.target, 6),
+                                predicted={k: round(v, 6) for k, v in pred.items()}, checkpoint=ckpt)
+            for seed in point.seeds:
+                job = jobs.Job(point.name(seed), dict(point.bits), seed)
+                job_list.append(job)
+                info[job.name] = (point, seed, pred, config_path, sum(b == q.low_bits for b in point.bits.values()))
+        ctx = self.job_context(qmodel, fmodel, epochs=cfg.frontier.epochs, eval_split="test",
+                               record_dir=out / paths.RECORDS / "frontier", extra={"step": "frontier-v1"})
+        workers = cfg.frontier.workers if self.device.type == "cpu" else 1
+        records, _ = jobs.run(ctx, job_list, workers=workers,
+                              threads=max(1, (cfg.threads or torch.get_num_threads()) // workers),
+                              progress=self.progress, desc=f"{self.network} frontier")
+        rows = []
+        for name, (point, seed, pred, config_path, n_low) in info.items():
+            rec = records[name]
+            rows.append({"network": self.network, "method": point.method, "target": point.target, "seed": seed,
+                         "rel_throughput": pred["rel_throughput"], "gbops": pred["gbops"],
+                         "size_mb": pred["size_mb"], "n_low": n_low, "metric": rec["metric"],
+                         "seconds": rec["seconds"], "config": str(config_path)})
+        table = pd.DataFrame(rows, columns=list(frontier.RESULT_COLUMNS))
+        checkpoint.atomic_write_text(out / paths.FRONTIER_CSV, table.to_csv(index=False))
+        float_metric = json.loads((out / paths.BASELINES_JSON).read_text())["float"]["metric"]
+        summary = frontier.summarize(table, float_metric)
+        checkpoint.atomic_write_text(out / paths.FRONTIER_SUMMARY_CSV, summary.to_csv(index=False))
+        return table
+
+    def job_context(self, qmodel: nn.Module, teacher: nn.Module | None, *, epochs: float, eval_split: str,
+                    record_dir: Path, extra: dict[str, Any]) -> jobs.JobContext:
+        """A job context over this network's data with the quantized fine-tune recipe."""
+        settings = self.fit_settings("quant", epochs=epochs)
+        train, eval_set = self.data.train, getattr(self.data, eval_split)
+        key = jobs.context_key(qmodel, teacher=teacher, settings=settings, batch_size=self.net.batch_size,
+                               task=self.data.task, num_classes=self.data.num_classes,
+                               ignore_index=self.data.ignore_index, train_size=len(train),
+                               eval_size=len(eval_set), extra=extra)
+        return jobs.JobContext(model=qmodel, teacher=teacher, train=train, eval_set=eval_set, settings=settings,
+                               task=self.data.task, num_classes=self.data.num_classes,
+                               ignore_index=self.data.ignore_index, batch_size=self.net.batch_size,
+                               device=str(self.device), record_dir=str(record_dir), base_key=key)

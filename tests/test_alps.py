@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import mpq
-from mpq import alps
+from mpq import alps, jobs
 from mpq.data import make_loader
 from mpq.quantized import NotQuantizedError
 from mpq.train import FitSettings, evaluate, fit
@@ -28,7 +28,7 @@ BATCH = 16
 N_TRAIN, N_VAL = 48, 32
 # every column but seconds and worker; train_loss (a float) shows any difference in the fine-tune
 DETERMINISTIC = ["layer", "bits_from", "bits_to", "score", "metric", "reference_metric", "train_loss"]
-REAL_RUN_JOB = alps._run_job
+REAL_RUN_JOB = jobs.run_job
 
 
 def tiny_net() -> nn.Module:
@@ -82,16 +82,16 @@ def run(setup, *, model=None, train=None, val=None, **kw):
 
 
 def counting(monkeypatch, fail_at: int | None = None) -> list:
-    """Wrap ``alps._run_job``: record each job run here; raise Ctrl-C on call ``fail_at``."""
+    """Wrap ``mpq.jobs.run_job``: record each job's name here; raise Ctrl-C on call ``fail_at``."""
     calls, real = [], REAL_RUN_JOB
 
-    def wrapped(ctx, layer):
-        calls.append(layer)
+    def wrapped(ctx, job):
+        calls.append(job.name)
         if fail_at is not None and len(calls) == fail_at:
             raise KeyboardInterrupt
-        return real(ctx, layer)
+        return real(ctx, job)
 
-    monkeypatch.setattr(alps, "_run_job", wrapped)
+    monkeypatch.setattr(jobs, "run_job", wrapped)
     return calls
 
 
@@ -158,7 +158,8 @@ def test_resume_after_interrupt_skips_finished_jobs(setup, tmp_path, monkeypatch
     sub = run(setup, record_dir=tmp_path, layers=["conv3"])
     assert calls == [] and list(sub.table["layer"]) == ["conv3"]
     record = json.loads((tmp_path / "conv3.json").read_text())
-    assert record["layer"] == "conv3" and record["key"] == again.meta["key"]
+    assert record["name"] == "conv3" and record["bits"] == {"conv3": 2} and record["seed"] == 0
+    assert record["key"] == jobs.job_key(again.meta["key"], jobs.Job("conv3", {"conv3": 2}, 0))
     # record file names: module names as they are; anything else sanitised without collisions
     assert alps.record_path(tmp_path, "layer3.4.conv2").name == "layer3.4.conv2.json"
     assert alps.record_path(tmp_path, "a/b") != alps.record_path(tmp_path, "a_b")
@@ -171,7 +172,9 @@ def test_stale_or_corrupt_records_are_recomputed(setup, tmp_path, monkeypatch):
     # other settings: every record has another key
     other = run(setup, record_dir=tmp_path, settings=replace(SETTINGS, lr=0.02))
     assert len(calls) == 4 and other.meta["key"] != first.meta["key"]
-    assert all(json.loads(p.read_text())["key"] == other.meta["key"] for p in tmp_path.glob("*.json"))
+    assert all(jobs.read_record(tmp_path, jobs.Job(layer, {layer: 2} if layer != alps.REFERENCE else {}, 0),
+                                other.meta["key"]) is not None
+               for layer in [alps.REFERENCE, *other.table["layer"]])
     # other weights (another checkpoint): recomputed again
     calls.clear()
     q2 = copy.deepcopy(setup[0])
@@ -185,7 +188,7 @@ def test_stale_or_corrupt_records_are_recomputed(setup, tmp_path, monkeypatch):
     path.write_text(path.read_text()[:40])
     (tmp_path / "__reference__.json").write_bytes(b"\x00\xff garbage")
     again = run(setup, model=q2, record_dir=tmp_path)
-    assert sorted(calls, key=str) == sorted([None, "block.conv2"], key=str)
+    assert sorted(calls) == ["__reference__", "block.conv2"]
     pd.testing.assert_frame_equal(again.table[DETERMINISTIC], moved.table[DETERMINISTIC])
 
 
@@ -242,7 +245,7 @@ def test_no_finetune_drop(setup, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("fit was called with epochs=0")
 
-    monkeypatch.setattr(alps, "fit", no_training)
+    monkeypatch.setattr(jobs, "fit", no_training)
     s = run(setup, settings=replace(SETTINGS, epochs=0))
     assert s.method == "noft" and s.cost.epochs == 0 and s.cost.backward_passes == 0
     assert s.table["train_loss"].isna().all()

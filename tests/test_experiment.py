@@ -100,3 +100,52 @@ def test_sensitivity_before_baselines_says_what_to_run(micro_params, tmp_path):
     exp = Experiment(config.load(micro_params), "resnet50", progress=False)
     with pytest.raises(checkpoint.CheckpointError, match="not found: run the stage"):
         exp.sensitivity("eagl", tmp_path)
+
+
+def test_cli_allocate_writes_a_config_for_a_torchvision_model(tmp_path, capsys):
+    out = tmp_path / "bits.yaml"
+    assert main(["allocate", "--model", "resnet18", "--budget", "1.5", "--num-classes", "10",
+                 "--input-size", "64", "--out", str(out)]) == 0
+    assert "layers at 2 bits" in capsys.readouterr().out
+    import torchvision
+
+    import mpq
+    q = mpq.quantize(torchvision.models.resnet18(num_classes=10), 4)
+    bits = mpq.load_bits(out, model=q)
+    assert bits["conv1"] == 8 and bits["fc"] == 8 and 2 in bits.values()
+    assert main(["allocate", "--model", "resnet18", "--budget", "9", "--out", str(out)]) == 2
+    assert "beyond reach" in capsys.readouterr().err
+
+
+def test_frontier_runs_resumes_and_summarises(micro_params, tmp_path):
+    import pandas as pd
+
+    import mpq
+    from mpq import frontier
+
+    cfg = config.load(micro_params)
+    exp = Experiment(cfg, "resnet50", progress=False)
+    exp.baselines(tmp_path)
+    for m in ("eagl", "hessian"):
+        exp.sensitivity(m, tmp_path)
+    table = exp.frontier(tmp_path, methods=("eagl", "hessian", "random"))
+    pts = cfg.allocate.points
+    seeds = len(cfg.frontier.seeds)
+    # uniform ends + eagl/hessian at each interior target for each seed + random per seed
+    assert len(table) == (2 + 3 * pts) * seeds
+    assert list(table.columns) == list(frontier.RESULT_COLUMNS) and table["metric"].notna().all()
+    uni = table[table.method == "uniform"].sort_values("rel_throughput")
+    assert uni.rel_throughput.iloc[0] == pytest.approx(1.0) and uni.n_low.iloc[-1] == exp.spec.candidate_count
+    inner = table[table.method != "uniform"]
+    assert ((inner.rel_throughput >= inner.target - 1e-9) & (inner.n_low > 0)).all()
+    # every configuration file applies to the network
+    q, _ = exp.start_models(tmp_path)
+    for path in table.config.unique():
+        mpq.load_bits(path, model=q)
+    summary = pd.read_csv(tmp_path / "frontier_summary.csv")
+    assert {"auc", "recovers_fp_at", "metric_mean", "metric_std"} <= set(summary.columns)
+    # a rerun computes nothing and gives the same table
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "records" / "frontier").iterdir()}
+    again = exp.frontier(tmp_path, methods=("eagl", "hessian", "random"))
+    pd.testing.assert_frame_equal(again, table)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "records" / "frontier").iterdir()} == mtimes
