@@ -73,12 +73,12 @@ def scores(qmodel: nn.Module, *, variant: str = "entropy", low_bits: int = 2) ->
         h = _entropy(counts)
         row = {"layer": name, "bits_from": bits, "bits_to": low_bits, "entropy": h,
                "params": w.numel(), "levels_used": int((counts > 0).sum())}
-        if variant == "entropy_drop":
-            abs_mean = w.abs().flatten(1).mean(1).view_as(layer.wq.step) if layer.wq.per_channel \
-                else w.abs().mean()
-            row["entropy_low"] = weight_entropy(w, lsq_init_step(abs_mean, low_bits, True), bits=low_bits)
+        abs_mean = w.abs().flatten(1).mean(1).view_as(layer.wq.step) if layer.wq.per_channel \
+            else w.abs().mean()
+        # every variant's ingredients are kept, so the report can ablate the variants
+        row["entropy_low"] = _entropy(_weight_histogram(w, lsq_init_step(abs_mean, low_bits, True), low_bits))
         row["score"] = {"entropy": h, "entropy_x_params": h * w.numel(),
-                        "entropy_drop": h - row.get("entropy_low", 0.0)}[variant]
+                        "entropy_drop": h - row["entropy_low"]}[variant]
         rows.append(row)
     seconds = time.perf_counter() - t0
     device = next(qmodel.parameters()).device

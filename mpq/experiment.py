@@ -290,6 +290,11 @@ class Experiment:
         qmodel, fmodel = self.start_models(out)
         cm = self.cost_model(qmodel)
         cands = candidate_layers(qmodel)
+        all4 = get_bits(qmodel)
+        layer_table = pd.DataFrame({"layer": list(all4), "macs": [cm["macs"][n] for n in all4],
+                                    "params": [cm["params"][n] for n in all4],
+                                    "bits": list(all4.values()), "candidate": [n in cands for n in all4]})
+        checkpoint.atomic_write_text(out / paths.LAYERS_CSV, layer_table.to_csv(index=False))
         scores: dict[str, Any] = {}
         for m in methods:
             if m == "random":
@@ -300,7 +305,6 @@ class Experiment:
         plan = frontier.plan(scores, cm["table"], points=cfg.allocate.points, seeds=cfg.frontier.seeds,
                              start_bits=q.start_bits, low_bits=q.low_bits, fixed_cost=cm["fixed_cost"],
                              solver=cfg.allocate.solver)
-        all4 = get_bits(qmodel)
         ckpt = str(out / paths.uniform_ckpt(q.start_bits))
         job_list, info = [], {}
         for point in plan:

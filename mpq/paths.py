@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["RESULTS", "network_dir", "report_dir", "FLOAT_CKPT", "BASELINES_JSON", "SENSITIVITY", "RECORDS", "CONFIGS", "FRONTIER_CSV", "FRONTIER_SUMMARY_CSV", "uniform_ckpt"]
+__all__ = ["RESULTS", "network_dir", "report_dir", "FLOAT_CKPT", "BASELINES_JSON", "SENSITIVITY", "RECORDS", "CONFIGS", "FRONTIER_CSV", "LAYERS_CSV", "FRONTIER_SUMMARY_CSV", "uniform_ckpt"]
 
 RESULTS = Path("results")
 FLOAT_CKPT = "float.pt"
@@ -15,6 +15,7 @@ BASELINES_JSON = "baselines.json"
 SENSITIVITY = "sensitivity"  # per-method score tables and cost records
 CONFIGS = "configs"  # bit-configuration files of the frontier
 FRONTIER_CSV = "frontier.csv"
+LAYERS_CSV = "layers.csv"  # per-layer MACs, parameters, starting bits, candidate flag
 FRONTIER_SUMMARY_CSV = "frontier_summary.csv"
 RECORDS = "records"  # per-job records of ALPS, noft and the frontier (resumable work)
 
