@@ -17,6 +17,12 @@ from . import config
 __all__ = ["main", "build_parser"]
 
 
+def _say(text: str) -> None:
+    """Print once: on rank 0 only under torchrun."""
+    if os.environ.get("RANK", "0") == "0":
+        print(text)
+
+
 def _cmd_data(args: argparse.Namespace) -> None:
     from .data import build_embedded
 
@@ -32,7 +38,7 @@ def _cmd_baselines(args: argparse.Namespace) -> None:
     for network in args.network or cfg.networks:
         exp = Experiment(cfg, network, progress=not args.quiet)
         results = exp.baselines(args.out and Path(args.out) / network)
-        print(json.dumps({network: results}, indent=1))
+        _say(json.dumps({network: results}, indent=1))
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> None:
@@ -44,8 +50,8 @@ def _cmd_sensitivity(args: argparse.Namespace) -> None:
         exp = Experiment(cfg, network, progress=not args.quiet)
         for method in methods:
             s = exp.sensitivity(method, args.out and Path(args.out) / network)
-            print(f"{network} {method}: {len(s.table)} layers in {s.cost.seconds:.2f} s "
-                  f"({s.cost.device}, {s.cost.workers} worker(s))")
+            _say(f"{network} {method}: {len(s.table)} layers in {s.cost.seconds:.2f} s "
+                 f"({s.cost.device}, {s.cost.workers} worker(s))")
 
 
 def _cmd_frontier(args: argparse.Namespace) -> None:
@@ -55,8 +61,8 @@ def _cmd_frontier(args: argparse.Namespace) -> None:
     for network in args.network or cfg.networks:
         exp = Experiment(cfg, network, progress=not args.quiet)
         table = exp.frontier(args.out and Path(args.out) / network)
-        print(f"{network}: {len(table)} frontier points")
-        print(table.groupby(["method", "target"])["metric"].mean().round(2).to_string())
+        _say(f"{network}: {len(table)} frontier points\n"
+             + table.groupby(["method", "target"])["metric"].mean().round(2).to_string())
 
 
 def _cmd_allocate(args: argparse.Namespace) -> None:
@@ -142,8 +148,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _init_distributed() -> None:
+    """Under ``torchrun`` (WORLD_SIZE > 1): join the process group (NCCL on GPUs, gloo on CPUs)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            cuda = torch.cuda.is_available()
+            if cuda:
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("nccl" if cuda else "gloo")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _init_distributed()
     try:
         args.func(args)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:

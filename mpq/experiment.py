@@ -9,6 +9,7 @@ uniform baselines.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,10 @@ from typing import Any
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from . import alps, baselines, bitconfig, checkpoint, cost, data, eagl, frontier, hessian, jobs, paths
 from .config import Config, ConfigError
@@ -26,7 +29,7 @@ from .quantized import calibrate, candidate_layers, get_bits, quantize, set_bits
 from .sensitivity import Sensitivity
 from .train import FitSettings, evaluate, fit, resolve_device
 
-__all__ = ["Experiment", "setup_torch", "task_data", "SENSITIVITY_METHODS"]
+__all__ = ["Experiment", "setup_torch", "task_data", "world", "SENSITIVITY_METHODS"]
 
 SENSITIVITY_METHODS = ("eagl", "alps", "hessian", "noft", "random")
 
@@ -58,11 +61,30 @@ def task_data(cfg: Config, network: str) -> data.TaskData:
 
 
 def setup_torch(cfg: Config, seed: int | None = None) -> torch.device:
-    """Seed everything and set CPU threads; return the device to use."""
+    """Seed everything and set CPU threads; return the device to use.
+
+    Under ``torchrun`` (a process group is up) each rank uses its own GPU,
+    ``cuda:LOCAL_RANK``, when the device is CUDA.
+    """
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed if seed is None else seed)
-    return resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world()[1] > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the running process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if world()[1] > 1:
+        dist.barrier()
 
 
 @dataclass
@@ -88,13 +110,16 @@ class Experiment:
         return self._data
 
     def loader(self, split: str, *, train: bool | None = None, seed: int | None = None,
-               rank: int = 0, world_size: int = 1):
-        """A loader over ``split`` (train/val/test); shuffled iff ``train`` (default: split == train)."""
+               sharded: bool = True):
+        """A loader over ``split`` (train/val/test); shuffled iff ``train`` (default: split == train).
+
+        Under ``torchrun`` it is this rank's shard (``sharded=False``: the whole split).
+        """
         ds = getattr(self.data, split)
         is_train = split == "train" if train is None else train
+        rank, size = world() if sharded else (0, 1)
         return data.make_loader(ds, batch_size=self.net.batch_size, train=is_train,
-                                seed=self.cfg.seed if seed is None else seed,
-                                rank=rank, world_size=world_size)
+                                seed=self.cfg.seed if seed is None else seed, rank=rank, world_size=size)
 
     def example_input(self) -> torch.Tensor:
         """One sample's shape, batched: what the cost model measures at."""
@@ -151,16 +176,26 @@ class Experiment:
             label_smoothing=t.label_smoothing, distill=0.0 if is_float else t.distill,
             aux_weight=t.aux_weight, ignore_index=self.data.ignore_index)
 
+    def _train(self, model: nn.Module, settings: FitSettings, *, teacher: nn.Module | None, seed: int,
+               desc: str) -> dict:
+        """``fit`` on this rank's shard; wrapped in DistributedDataParallel under ``torchrun``."""
+        model.to(self.device)
+        wrapped = model
+        if world()[1] > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(model, device_ids=ids)
+        return fit(wrapped, self.loader("train", seed=seed), task=self.data.task, settings=settings,
+                   device=self.device, teacher=teacher, progress=self.progress and world()[0] == 0, desc=desc)
+
     def finetune(self, qmodel: nn.Module, *, teacher: nn.Module | None, seed: int,
-                 epochs: float | None = None, desc: str = "finetune", rank: int = 0,
-                 world_size: int = 1) -> dict:
+                 epochs: float | None = None, desc: str = "finetune") -> dict:
         """LSQ fine-tune of a quantized model (the same recipe for every method)."""
         torch.manual_seed(seed)
         qmodel.to(self.device)
-        calibrate(qmodel, (x.to(self.device) for x, _ in self.loader("train", seed=seed)))
-        return fit(qmodel, self.loader("train", seed=seed, rank=rank, world_size=world_size),
-                   task=self.data.task, settings=self.fit_settings("quant", epochs=epochs),
-                   device=self.device, teacher=teacher, progress=self.progress, desc=desc)
+        # the same first batch on every rank, so that every replica starts from the same steps
+        calibrate(qmodel, (x.to(self.device) for x, _ in self.loader("train", seed=seed, sharded=False)))
+        return self._train(qmodel, self.fit_settings("quant", epochs=epochs), teacher=teacher, seed=seed,
+                           desc=desc)
 
     def evaluate(self, model: nn.Module, split: str = "test") -> float:
         return evaluate(model, self.loader(split, train=False), task=self.data.task,
@@ -186,10 +221,10 @@ class Experiment:
             torch.manual_seed(self.cfg.seed)
             fmodel = self.new_float().to(self.device)
             t0 = time.perf_counter()
-            fit(fmodel, self.loader("train"), task=self.data.task, settings=self.fit_settings("float"),
-                device=self.device, progress=self.progress, desc=f"{self.network} float")
+            self._train(fmodel, self.fit_settings("float"), teacher=None, seed=self.cfg.seed,
+                        desc=f"{self.network} float")
             seconds = time.perf_counter() - t0
-            checkpoint.save(float_path, fmodel, self.meta("float", fmodel, seconds=seconds))
+            self._save(float_path, fmodel, self.meta("float", fmodel, seconds=seconds))
         results["float"] = {"metric": self.evaluate(fmodel), "val_metric": self.evaluate(fmodel, "val"),
                             "seconds": seconds, "bits": None}
         for bits in (self.cfg.quant.start_bits, self.cfg.quant.low_bits):
@@ -203,11 +238,18 @@ class Experiment:
                 t0 = time.perf_counter()
                 self.finetune(qmodel, teacher=fmodel, seed=self.cfg.seed, desc=f"{self.network} {name}")
                 seconds = time.perf_counter() - t0
-                checkpoint.save(path, qmodel, self.meta("quant", qmodel, seconds=seconds))
+                self._save(path, qmodel, self.meta("quant", qmodel, seconds=seconds))
             results[name] = {"metric": self.evaluate(qmodel), "val_metric": self.evaluate(qmodel, "val"),
                              "seconds": seconds, "bits": bits}
-        checkpoint.atomic_write_json(out / paths.BASELINES_JSON, results)
+        if world()[0] == 0:
+            checkpoint.atomic_write_json(out / paths.BASELINES_JSON, results)
         return results
+
+    def _save(self, path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+        """Rank 0 writes the checkpoint; every rank waits for it (replicas are identical under DDP)."""
+        if world()[0] == 0:
+            checkpoint.save(path, model, meta)
+        _barrier()
 
     # ---- sensitivity ------------------------------------------------------------------------
     def start_models(self, outdir: str | Path | None = None) -> tuple[nn.Module, nn.Module]:
@@ -239,12 +281,13 @@ class Experiment:
             result = baselines.random_scores(candidate_layers(qmodel), seed=cfg.seed,
                                              bits_from=cfg.quant.start_bits, bits_to=low)
         elif method == "hessian":
-            batches = [b for _, b in zip(range(cfg.hessian.batches), self.loader("train", train=False))]
+            batches = [b for _, b in zip(range(cfg.hessian.batches), self.loader("train", train=False,
+                                                                                 sharded=False))]
             result = hessian.scores(qmodel, batches, loss_fn=self.loss_fn, samples=cfg.hessian.samples,
                                     seed=cfg.seed, low_bits=low, device=self.device)
         else:  # alps, and noft = ALPS without fine-tuning
             epochs = cfg.alps.epochs if method == "alps" else 0.0
-            workers = cfg.alps.workers if self.device.type == "cpu" else 1
+            workers = cfg.alps.workers if self.device.type == "cpu" and world()[1] == 1 else 1
             result = alps.scores(
                 qmodel, self.data.train, self.data.val, task=self.data.task,
                 num_classes=self.data.num_classes, settings=self.fit_settings("quant", epochs=epochs),
@@ -254,7 +297,9 @@ class Experiment:
                 record_dir=out / paths.RECORDS / method, device=self.device, progress=self.progress,
                 method=method)
         result.meta.update(network=self.network, width=self.net.width, scale=cfg.scale)
-        result.save(out / paths.SENSITIVITY)
+        if world()[0] == 0:
+            result.save(out / paths.SENSITIVITY)
+        _barrier()
         return result
 
     # ---- cost model and frontier ------------------------------------------------------------
@@ -294,7 +339,8 @@ class Experiment:
         layer_table = pd.DataFrame({"layer": list(all4), "macs": [cm["macs"][n] for n in all4],
                                     "params": [cm["params"][n] for n in all4],
                                     "bits": list(all4.values()), "candidate": [n in cands for n in all4]})
-        checkpoint.atomic_write_text(out / paths.LAYERS_CSV, layer_table.to_csv(index=False))
+        if world()[0] == 0:
+            checkpoint.atomic_write_text(out / paths.LAYERS_CSV, layer_table.to_csv(index=False))
         scores: dict[str, Any] = {}
         for m in methods:
             if m == "random":
@@ -312,16 +358,17 @@ class Experiment:
             pred = cost.summary(bits, all4, cm["macs"], cm["params"])
             config_path = out / paths.CONFIGS / f"{point.method}-t{point.target:.4f}" \
                 f"{'-s%d' % point.seeds[0] if point.method == 'random' else ''}.yaml"
-            bitconfig.save_bits(config_path, bits, network=self.network, method=point.method,
-                                cost_model=cfg.allocate.cost, target=round(point.target, 6),
-                                predicted={k: round(v, 6) for k, v in pred.items()}, checkpoint=ckpt)
+            if world()[0] == 0:
+                bitconfig.save_bits(config_path, bits, network=self.network, method=point.method,
+                                    cost_model=cfg.allocate.cost, target=round(point.target, 6),
+                                    predicted={k: round(v, 6) for k, v in pred.items()}, checkpoint=ckpt)
             for seed in point.seeds:
                 job = jobs.Job(point.name(seed), dict(point.bits), seed)
                 job_list.append(job)
                 info[job.name] = (point, seed, pred, config_path, sum(b == q.low_bits for b in point.bits.values()))
         ctx = self.job_context(qmodel, fmodel, epochs=cfg.frontier.epochs, eval_split="test",
                                record_dir=out / paths.RECORDS / "frontier", extra={"step": "frontier-v1"})
-        workers = cfg.frontier.workers if self.device.type == "cpu" else 1
+        workers = cfg.frontier.workers if self.device.type == "cpu" and world()[1] == 1 else 1
         records, _ = jobs.run(ctx, job_list, workers=workers,
                               threads=max(1, (cfg.threads or torch.get_num_threads()) // workers),
                               progress=self.progress, desc=f"{self.network} frontier")
@@ -333,10 +380,12 @@ class Experiment:
                          "size_mb": pred["size_mb"], "n_low": n_low, "metric": rec["metric"],
                          "seconds": rec["seconds"], "config": str(config_path)})
         table = pd.DataFrame(rows, columns=list(frontier.RESULT_COLUMNS))
-        checkpoint.atomic_write_text(out / paths.FRONTIER_CSV, table.to_csv(index=False))
-        float_metric = json.loads((out / paths.BASELINES_JSON).read_text())["float"]["metric"]
-        summary = frontier.summarize(table, float_metric)
-        checkpoint.atomic_write_text(out / paths.FRONTIER_SUMMARY_CSV, summary.to_csv(index=False))
+        if world()[0] == 0:
+            checkpoint.atomic_write_text(out / paths.FRONTIER_CSV, table.to_csv(index=False))
+            float_metric = json.loads((out / paths.BASELINES_JSON).read_text())["float"]["metric"]
+            summary = frontier.summarize(table, float_metric)
+            checkpoint.atomic_write_text(out / paths.FRONTIER_SUMMARY_CSV, summary.to_csv(index=False))
+        _barrier()
         return table
 
     def job_context(self, qmodel: nn.Module, teacher: nn.Module | None, *, epochs: float, eval_split: str,
