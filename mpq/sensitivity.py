@@ -13,6 +13,7 @@ import json
 import platform
 import socket
 from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,26 @@ import pandas as pd
 
 from .checkpoint import atomic_write_json, atomic_write_text
 
-__all__ = ["COLUMNS", "CostRecord", "Sensitivity", "device_name"]
+__all__ = ["COLUMNS", "CostRecord", "Sensitivity", "device_name", "allocator_table", "SCORE_FLOOR"]
 
 COLUMNS = ("layer", "bits_from", "bits_to", "score")
+SCORE_FLOOR = 1e-6  # relative to the largest score: the smallest cost of reducing a layer
+
+
+def allocator_table(scores: Mapping[str, float], bits_from: int, bits_to: int) -> dict[str, dict[int, float]]:
+    """``{layer: {bits_from: 0, bits_to: s}}``, the allocator's sensitivity table.
+
+    Scores below a small positive floor (``SCORE_FLOOR`` x the largest |score|)
+    are raised to it. A negative score (ALPS or no-FT: the metric went *up*
+    after reducing the layer; a negative Hessian trace) is measurement noise
+    around "harmless", not a reward: left negative, the allocator would reduce
+    every such layer whatever the budget, and every configuration would land far
+    beyond its throughput target. With the floor, harmless layers are all but
+    free to reduce, but only as many as the budget needs.
+    """
+    top = max((abs(float(v)) for v in scores.values()), default=0.0) or 1.0
+    floor = SCORE_FLOOR * top
+    return {l: {bits_from: 0.0, bits_to: max(float(v), floor)} for l, v in scores.items()}
 
 
 def device_name(device: Any = "cpu") -> str:
@@ -78,9 +96,11 @@ class Sensitivity:
         return dict(zip(self.table["layer"], self.table["score"].astype(float)))
 
     def for_allocator(self) -> dict[str, dict[int, float]]:
-        """``{layer: {bits_from: 0, bits_to: score}}``: the allocator's sensitivity table."""
-        return {r.layer: {int(r.bits_from): 0.0, int(r.bits_to): float(r.score)}
-                for r in self.table.itertuples()}
+        """The allocator's sensitivity table (see ``allocator_table``)."""
+        bits_from, bits_to = int(self.table["bits_from"].iloc[0]), int(self.table["bits_to"].iloc[0])
+        if (self.table["bits_from"] != bits_from).any() or (self.table["bits_to"] != bits_to).any():
+            raise ValueError(f"the {self.method} table mixes precisions: one bits_from/bits_to pair is expected")
+        return allocator_table(self.scores, bits_from, bits_to)
 
     def save(self, folder: str | Path) -> None:
         """``<method>.csv`` (the table) and ``<method>_cost.json`` (cost record + meta), atomically."""

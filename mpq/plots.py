@@ -1,0 +1,301 @@
+"""Figures of the report: one style, one palette, every figure saved as PNG and PDF.
+
+Every function here takes tidy ``pandas`` frames (built by ``mpq.report``) and
+returns a ``matplotlib.figure.Figure``; ``save`` writes it. Figures are built
+with the object-oriented API (``Figure``, not ``pyplot``): no global figure
+state, nothing shown, and rendering goes through the Agg (PNG) and PDF
+canvases whatever backend a notebook has selected. ``style()`` is the one
+style every figure is drawn under (a context manager, so a notebook's own
+settings are left alone afterwards).
+
+Colours, markers and display names are fixed per method in ``PALETTE``,
+``MARKERS`` and ``LABELS`` so a method looks the same in every figure.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+__all__ = ["PALETTE", "MARKERS", "LABELS", "VARIANT_PALETTE", "COST_LINESTYLES", "DPI", "style", "save",
+           "label", "frontier", "sensitivity_profiles", "rank_scatter", "compute_time", "ablation"]
+
+# seaborn's colour-blind palette, one colour per method, the same in every figure
+PALETTE = {
+    "eagl": "#0173b2",     # blue
+    "alps": "#de8f05",     # orange
+    "hessian": "#029e73",  # green
+    "noft": "#cc78bc",     # pink
+    "random": "#949494",   # grey
+    "uniform": "#000000",  # black
+    "float": "#404040",
+}
+MARKERS = {"eagl": "o", "alps": "s", "hessian": "^", "noft": "D", "random": "v", "uniform": "*"}
+LABELS = {"eagl": "EAGL", "alps": "ALPS", "hessian": "Hessian (HAWQ)", "noft": "No-FT drop (AIMET)",
+          "random": "Random", "uniform": "Uniform", "float": "Float"}
+# EAGL variants (ablation) and cost models (line styles)
+VARIANT_PALETTE = {"entropy": "#0173b2", "entropy_x_params": "#56b4e9", "entropy_drop": "#d55e00",
+                   "alps": "#000000"}
+VARIANT_LABELS = {"entropy": "EAGL: entropy", "entropy_x_params": "EAGL: entropy x params",
+                  "entropy_drop": "EAGL: entropy drop 4->2", "alps": "ALPS (optimum of the proxy)"}
+COST_LINESTYLES = {"throughput": "-", "bops": "--", "size": ":"}
+DPI = 150
+
+
+def label(method: str) -> str:
+    """Display name of a method (``eagl`` -> ``EAGL``); unknown names pass through."""
+    return LABELS.get(method, method)
+
+
+def _color(method: str) -> str:
+    return PALETTE.get(method, "#333333")
+
+
+@contextlib.contextmanager
+def style() -> Iterator[None]:
+    """The report's one style: seaborn whitegrid, ``notebook`` context, larger fonts.
+
+    A context manager (``with plots.style(): ...``) over ``matplotlib.rc_context``:
+    figures built and saved inside it share the look; nothing leaks out.
+    """
+    rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=1.05)}
+    rc.update({"axes.titleweight": "bold", "axes.titlesize": 12, "figure.titlesize": 13,
+               "legend.fontsize": 9.5, "legend.framealpha": 0.9, "axes.edgecolor": "#888888",
+               "grid.color": "#e3e3e3", "savefig.dpi": DPI, "pdf.fonttype": 42, "svg.hashsalt": "mpq",
+               "lines.linewidth": 1.8, "lines.markersize": 6.5, "errorbar.capsize": 3})
+    with matplotlib.rc_context(rc):
+        yield
+
+
+def save(fig: Figure, stem: str | Path) -> Path:
+    """Write ``<stem>.png`` (``DPI``) and ``<stem>.pdf``; return the PNG's path.
+
+    The PDF carries no creation date, so an unchanged figure gives unchanged
+    bytes (DVC sees no spurious change).
+    """
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    png, pdf = stem.with_suffix(".png"), stem.with_suffix(".pdf")
+    fig.savefig(png, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(pdf, bbox_inches="tight", metadata={"CreationDate": None, "ModDate": None, "Producer": None})
+    return png
+
+
+# --------------------------------------------------------------------------- F1-F3
+
+
+def frontier(curves: pd.DataFrame, *, float_metric: float, tolerance: float, metric_label: str,
+             title: str, methods: Sequence[str]) -> Figure:
+    """Metric vs relative throughput: one line per method, uniform ends, float line.
+
+    ``curves``: one row per (method, point) with ``method, rel_throughput,
+    metric_mean, metric_std, seeds``; each method's rows include the shared
+    uniform ends (as ``mpq.frontier.summarize`` returns them), and the rows of
+    method ``uniform`` (the ends themselves) are drawn as stars.
+    """
+    fig = Figure(figsize=(9.4, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    uni = curves[curves.method == "uniform"].sort_values("rel_throughput")
+    for method in methods:
+        part = curves[curves.method == method]
+        if part.empty:
+            continue
+        part = part.sort_values("rel_throughput")
+        ax.errorbar(part["rel_throughput"], part["metric_mean"], yerr=part["metric_std"],
+                    color=_color(method), marker=MARKERS.get(method, "o"), label=label(method),
+                    alpha=0.9, zorder=3)
+    if not uni.empty:
+        ax.errorbar(uni["rel_throughput"], uni["metric_mean"], yerr=uni["metric_std"], fmt="none",
+                    ecolor="black", zorder=4)
+        ax.scatter(uni["rel_throughput"], uni["metric_mean"], marker="*", s=260, color="black",
+                   edgecolor="white", linewidth=0.8, zorder=5, label="Uniform 4-bit / 2-bit")
+        if len(uni) == 2:
+            for (x, y), name, dx, ha in zip(uni[["rel_throughput", "metric_mean"]].to_numpy(),
+                                            ["all 4-bit", "all 2-bit"], [10, -10], ["left", "right"]):
+                ax.annotate(name, (x, y), xytext=(dx, 9), textcoords="offset points", ha=ha, fontsize=9.5,
+                            fontweight="bold")
+    ax.axhline(float_metric, color=PALETTE["float"], linestyle="--", linewidth=1.5,
+               label=f"Float ({float_metric:.1f})", zorder=2)
+    if tolerance > 0:
+        ax.axhspan(float_metric - tolerance, float_metric, color=PALETTE["float"], alpha=0.12, lw=0,
+                   label=f"within {tolerance:g} pt of float", zorder=1)
+    ax.set_xlabel("Relative throughput vs all-4-bit (x)")
+    ax.set_ylabel(metric_label)
+    ax.set_title(title)
+    seeds = int(curves["seeds"].max()) if "seeds" in curves and len(curves) else 1
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+              title=f"mean over {seeds} seeds\nerror bars: std" if seeds > 1 else "1 seed (no error bars)",
+              title_fontsize=9)
+    return fig
+
+
+# --------------------------------------------------------------------------- F4
+
+
+def sensitivity_profiles(profiles: Sequence[tuple[str, pd.DataFrame]], *, methods: Sequence[str]) -> Figure:
+    """Per-layer normalised scores, one block of rows per network, one row per method.
+
+    ``profiles``: ``(block title, frame)`` per network; the frame has one row
+    per (method, layer) with ``index`` (layer position in network order),
+    ``norm`` (score min-max normalised per method) and ``low`` (the layer goes
+    to low bits in that method's allocation at the block's budget). Bars:
+    pale = kept at 4 bits, full colour = sent to 2 bits.
+    """
+    n = len(profiles)
+    fig = Figure(figsize=(12, 0.7 + 3.9 * n), layout="constrained")
+    subfigs = np.atleast_1d(fig.subfigures(n, 1, hspace=0.03))
+    for sub, (title, frame) in zip(subfigs, profiles):
+        axes = sub.subplots(len(methods), 1, sharex=True)
+        axes = np.atleast_1d(axes)
+        for ax, method in zip(axes, methods):
+            part = frame[frame.method == method].sort_values("index")
+            colors = [_color(method) if low else matplotlib.colors.to_rgba(_color(method), 0.25)
+                      for low in part["low"]]
+            ax.bar(part["index"], part["norm"], width=0.85, color=colors, linewidth=0)
+            low = part[part["low"]]  # ticks under the axis: visible even for a zero score
+            ax.scatter(low["index"], np.full(len(low), -0.12), marker="^", s=14, color=_color(method),
+                       linewidth=0, clip_on=False)
+            ax.set_ylim(-0.2, 1.08)
+            ax.set_yticks([0, 0.5, 1])
+            ax.set_ylabel(label(method).split(" (")[0], rotation=0, ha="right", va="center",
+                          color=_color(method), fontweight="bold")
+            ax.text(1.0, 1.02, f"{int(part['low'].sum())} of {len(part)} layers at 2 bits",
+                    transform=ax.transAxes, ha="right", va="bottom", fontsize=8.5, color="#444444")
+            ax.grid(axis="x", visible=False)
+        axes[-1].set_xlabel("Candidate layer index (network order, input to output)")
+        sub.suptitle(title, fontsize=12, fontweight="bold")
+    fig.suptitle("Per-layer sensitivity, min-max normalised per method (0 = least sensitive); "
+                 "full colour and ^ = sent to 2 bits", fontsize=11)
+    return fig
+
+
+# --------------------------------------------------------------------------- F5
+
+
+def rank_scatter(panels: Sequence[dict]) -> Figure:
+    """Per-layer scatter of a method's score against ALPS's, one row per network.
+
+    ``panels``: dicts with ``row`` (network title), ``method``, ``x`` (ALPS
+    scores), ``y`` (the method's scores), ``spearman``, ``kendall`` and ``ylabel``.
+    """
+    rows = list(dict.fromkeys(p["row"] for p in panels))
+    cols = list(dict.fromkeys(p["method"] for p in panels))
+    fig = Figure(figsize=(5.6 * len(cols), 4.2 * len(rows)), layout="constrained")
+    axes = np.array(fig.subplots(len(rows), len(cols), squeeze=False))
+    for p in panels:
+        ax = axes[rows.index(p["row"]), cols.index(p["method"])]
+        x, y = np.asarray(p["x"], float), np.asarray(p["y"], float)
+        ax.scatter(x, y, s=30, color=_color(p["method"]), marker=MARKERS.get(p["method"], "o"),
+                   edgecolor="white", linewidth=0.5, alpha=0.85)
+        if len(y) and np.all(y > 0) and y.max() / y.min() > 100:
+            ax.set_yscale("log")
+        ax.set_xlabel("ALPS score (metric drop, points)")
+        ax.set_ylabel(p["ylabel"])
+        ax.set_title(f"{p['row']}: {label(p['method'])} vs ALPS\n"
+                     f"Spearman $\\rho$ = {_num(p['spearman'])}, Kendall $\\tau$ = {_num(p['kendall'])} "
+                     f"({len(x)} layers)", fontsize=11)
+    return fig
+
+
+def _num(v: float) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:+.2f}"
+
+
+# --------------------------------------------------------------------------- F6
+
+
+def compute_time(frame: pd.DataFrame, *, methods: Sequence[str], network_titles: dict[str, str]) -> Figure:
+    """Grouped bars: device-seconds per method (bars) and network (groups), log scale.
+
+    ``frame``: ``network, method, device_seconds``. Methods that took no time
+    (random selection) cannot sit on a log axis; they are named in a note.
+    """
+    nets = list(dict.fromkeys(frame["network"]))
+    shown = [m for m in methods if (frame.loc[frame.method == m, "device_seconds"] > 0).any()]
+    zero = [m for m in methods if m in set(frame.method) and m not in shown]
+    fig = Figure(figsize=(max(7.5, 2.6 * len(nets) + 4.0), 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(shown))
+    for i, method in enumerate(shown):
+        xs, ys = [], []
+        for j, net in enumerate(nets):
+            v = frame.loc[(frame.network == net) & (frame.method == method), "device_seconds"]
+            if len(v) and float(v.iloc[0]) > 0:
+                xs.append(j + (i - (len(shown) - 1) / 2) * width)
+                ys.append(float(v.iloc[0]))
+        ax.bar(xs, ys, width=width * 0.92, color=_color(method), label=label(method))
+        for x, y in zip(xs, ys):
+            ax.annotate(_seconds(y), (x, y), xytext=(0, 2), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=7.5, rotation=90)
+    ax.set_yscale("log")
+    lo = frame.loc[frame.device_seconds > 0, "device_seconds"]
+    if len(lo):
+        ax.set_ylim(lo.min() / 3, lo.max() * 30)
+    ax.set_xticks(range(len(nets)), [network_titles.get(n, n) for n in nets])
+    ax.set_ylabel("Compute to reach a solution\n(device-seconds, log scale)")
+    ax.set_title("Sensitivity compute time per method")
+    note = "device-seconds = wall seconds x workers"
+    if zero:
+        note += "; " + ", ".join(label(m) for m in zero) + ": 0 s (not drawable on a log axis)"
+    ax.text(0.01, 0.98, note, transform=ax.transAxes, ha="left", va="top", fontsize=8.5, color="#444444")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.grid(axis="x", visible=False)
+    return fig
+
+
+def _seconds(s: float) -> str:
+    if s >= 3600:
+        return f"{s / 3600:.1f} h"
+    if s >= 60:
+        return f"{s / 60:.1f} min"
+    if s >= 1:
+        return f"{s:.1f} s"
+    return f"{s * 1000:.0f} ms" if s >= 0.01 else f"{s * 1000:.2g} ms"
+
+
+# --------------------------------------------------------------------------- F7
+
+
+def ablation(frame: pd.DataFrame, *, network_titles: dict[str, str]) -> Figure:
+    """EAGL variants x cost models: ALPS-predicted drop and overlap with ALPS's choice, per target.
+
+    ``frame``: ``network, cost, target, variant, alps_predicted_drop, jaccard_vs_alps``
+    (``variant == "alps"`` rows are ALPS's own choice: the proxy's optimum).
+    """
+    nets = list(dict.fromkeys(frame["network"]))
+    fig = Figure(figsize=(12, 1.2 + 3.6 * len(nets)), layout="constrained")
+    axes = np.array(fig.subplots(len(nets), 2, squeeze=False))
+    for r, net in enumerate(nets):
+        part = frame[frame.network == net]
+        for (variant, kind), line in part.groupby(["variant", "cost"], sort=False):
+            line = line.sort_values("target")
+            kw = {"color": VARIANT_PALETTE.get(variant, "#333333"),
+                  "linestyle": COST_LINESTYLES.get(kind, "-"), "marker": "o", "markersize": 4.5,
+                  "label": f"{VARIANT_LABELS.get(variant, variant)}, {kind}"}
+            axes[r, 0].plot(line["target"], line["alps_predicted_drop"], **kw)
+            if variant != "alps":
+                axes[r, 1].plot(line["target"], line["jaccard_vs_alps"], **kw)
+        title = network_titles.get(net, net)
+        axes[r, 0].set_title(f"{title}: ALPS-predicted drop of the choice")
+        axes[r, 0].set_ylabel("sum of ALPS scores\nof 2-bit layers (points)")
+        axes[r, 1].set_title(f"{title}: overlap with ALPS's choice")
+        axes[r, 1].set_ylabel("Jaccard of 2-bit sets")
+        axes[r, 1].set_ylim(-0.03, 1.03)
+        for ax in axes[r]:
+            ax.set_xlabel("Relative target vs all-4-bit (x, in the cost model's units)")
+    from matplotlib.lines import Line2D
+    variants = [v for v in VARIANT_PALETTE if v in set(frame["variant"])]
+    kinds = [k for k in COST_LINESTYLES if k in set(frame["cost"])]
+    handles = [Line2D([], [], color=VARIANT_PALETTE[v], marker="o", label=VARIANT_LABELS[v]) for v in variants]
+    handles += [Line2D([], [], color="#555555", linestyle=COST_LINESTYLES[k], label=f"cost: {k}") for k in kinds]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=9.5)
+    fig.suptitle("Ablation: EAGL variant x cost model (ALPS-predicted drop = training-free additive proxy, "
+                 "lower is better)", fontsize=11.5)
+    return fig

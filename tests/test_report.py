@@ -1,0 +1,267 @@
+"""The report: every declared output from synthetic result folders, and claim verdicts both ways.
+
+The result folders are written here from a known per-layer "true" drop: a
+mix's metric is the uniform 4-bit metric minus the true drops of its 2-bit
+layers. When EAGL and ALPS rank layers like the truth (``agree=True``) the
+paper's claims hold; with their scores reversed and EAGL made slow, they fail.
+"""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from mpq import cost, frontier, report, tables
+
+NETWORKS = ("resnet50", "pspnet")
+FLOAT = {"resnet50": 90.0, "pspnet": 60.0}
+FIGURES = {"F1_frontier_resnet50", "F3_frontier_pspnet", "F4_sensitivity_profiles", "F5_rank_correlation",
+           "F6_compute_time", "F7_ablation"}
+TABLES = {"T1_headline", "T2_matched_throughput", "T3_compute_time", "T4_claims", "T5_rank_correlation",
+          "T6_ablation"}
+
+
+def _layers(network: str, n: int) -> tuple[list[str], str, str]:
+    first, last = ("conv1", "fc") if network.startswith("resnet") else ("backbone.conv1", "classifier")
+    return [f"block{i}.conv" for i in range(n)], first, last
+
+
+def write_results(root, network: str, *, agree: bool = True, n: int = 12, seeds=(0, 1), points: int = 3) -> None:
+    """A plausible ``results/<network>/`` folder (what baselines, sensitivity and frontier write)."""
+    rng = np.random.default_rng(len(network))
+    d = root / network
+    (d / "sensitivity").mkdir(parents=True)
+    cands, first, last = _layers(network, n)
+    macs = {l: int(m) for l, m in zip(cands, rng.integers(2_000, 20_000, n))}
+    params = {l: int(p) for l, p in zip(cands, rng.integers(100, 3_000, n))}
+    macs.update({first: 30_000, last: 1_000})
+    params.update({first: 500, last: 640})
+    # true drop of reducing each layer: half harmless (<= 0.005 points), half harmful (0.5-3 points)
+    true = {l: (float(rng.uniform(0, 0.005)) if i % 2 else float(rng.uniform(0.5, 3.0))) for i, l in enumerate(cands)}
+    fp = FLOAT[network]
+    u4 = fp - 0.03
+    order = [first, *cands, last]
+    pd.DataFrame({"layer": order, "macs": [macs[l] for l in order], "params": [params[l] for l in order],
+                  "bits": [8 if l in (first, last) else 4 for l in order],
+                  "candidate": [l not in (first, last) for l in order]}).to_csv(d / "layers.csv", index=False)
+    (d / "baselines.json").write_text(json.dumps({
+        "float": {"metric": fp, "val_metric": fp - 0.2, "seconds": 9.0, "bits": None},
+        "uniform4": {"metric": u4 - 0.01, "val_metric": u4, "seconds": 6.0, "bits": 4},
+        "uniform2": {"metric": u4 - sum(true.values()), "val_metric": 40.0, "seconds": 5.0, "bits": 2}}))
+
+    noise = lambda scale: rng.normal(0, scale, n)  # noqa: E731
+    t = np.array([true[l] for l in cands])
+    ranked = t if agree else t.max() - t   # disagreeing: the harmless layers score highest
+    entropy = 2.5 + 0.4 * ranked + noise(0.001)
+    scores = {
+        "eagl": pd.DataFrame({"score": entropy, "entropy": entropy, "params": [params[l] for l in cands],
+                              "levels_used": 9, "entropy_low": entropy * 0.5}),
+        "alps": pd.DataFrame({"score": ranked + noise(0.0005), "metric": u4 - t, "reference_metric": u4,
+                              "seconds": 2.0}),
+        "hessian": pd.DataFrame({"score": rng.uniform(0.01, 2.0, n), "trace": 1.0, "trace_stderr": 0.1,
+                                 "params": [params[l] for l in cands], "qerr_from": 0.4, "qerr_to": 3.0}),
+        "noft": pd.DataFrame({"score": rng.normal(1.0, 1.0, n), "metric": 80.0, "reference_metric": u4,
+                              "seconds": 0.5}),
+        "random": pd.DataFrame({"score": rng.random(n)}),
+    }
+    seconds = {"eagl": 0.01 if agree else 2.0, "alps": 60.0, "hessian": 5.0, "noft": 8.0, "random": 0.0}
+    workers = {"alps": 2, "noft": 2}
+    for m, table in scores.items():
+        table.insert(0, "layer", cands)
+        table.insert(1, "bits_from", 4)
+        table.insert(2, "bits_to", 2)
+        table.to_csv(d / "sensitivity" / f"{m}.csv", index=False)
+        (d / "sensitivity" / f"{m}_cost.json").write_text(json.dumps({
+            "cost": {"method": m, "seconds": seconds[m], "device": "cpu:x86_64 x2 threads",
+                     "workers": workers.get(m, 1), "forward_passes": 100, "backward_passes": 10, "epochs": 0.5,
+                     "host": "test", "notes": ""}, "meta": {"network": network}}))
+
+    table = cost.layer_costs("throughput", macs, params, cands, [4, 2])
+    fixed = cost.total_cost("throughput", {first: 8, last: 8}, macs, params)
+    alloc = {m: {r.layer: {4: 0.0, 2: float(r.score)} for r in scores[m].itertuples()} for m in scores if m != "random"}
+    alloc["random"] = lambda seed: {l: {4: 0.0, 2: float(v)}  # noqa: E731
+                                    for l, v in zip(cands, np.random.default_rng(seed).random(n))}
+    plan = frontier.plan(alloc, table, points=points, seeds=seeds, start_bits=4, low_bits=2, fixed_cost=fixed)
+    all4 = {first: 8, **{l: 4 for l in cands}, last: 8}
+    rows = []
+    for p in plan:
+        bits = {**all4, **p.bits}
+        low = [l for l, b in p.bits.items() if b == 2]
+        pred = cost.summary(bits, all4, macs, params)
+        for seed in p.seeds:
+            rows.append({"network": network, "method": p.method, "target": p.target, "seed": seed,
+                         "rel_throughput": pred["rel_throughput"], "gbops": pred["gbops"], "size_mb": pred["size_mb"],
+                         "n_low": len(low), "metric": u4 - sum(true[l] for l in low) + 0.01 * (seed - 0.5),
+                         "seconds": 1.0, "config": str(d / "configs" / f"{p.name(seed)}.yaml")})
+    table = pd.DataFrame(rows, columns=list(frontier.RESULT_COLUMNS))
+    table.to_csv(d / "frontier.csv", index=False)
+    frontier.summarize(table, fp).to_csv(d / "frontier_summary.csv", index=False)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    for net in NETWORKS:
+        write_results(root, net)
+    out = tmp_path_factory.mktemp("report") / "report"
+    return root, out, report.build(root, out, NETWORKS, scale="embedded")
+
+
+def test_every_declared_output_exists_and_is_valid(built):
+    _, out, items = built
+    assert set(items) == FIGURES | TABLES | {"metrics", "frontier_points", "index"}
+    for key in FIGURES:
+        png = items[key]
+        assert png == out / f"{key}.png" and png.stat().st_size > 0
+        with Image.open(png) as im:
+            im.verify()
+        with Image.open(png) as im:
+            assert im.size[0] > 300 and im.size[1] > 200
+        assert png.with_suffix(".pdf").read_bytes()[:4] == b"%PDF"
+    for key in TABLES:
+        assert items[key] == out / f"{key}.csv"
+        md = items[key].with_suffix(".md").read_text()
+        assert md.startswith("### ") and "|---" in md.replace(":---", "---")
+    index = items["index"].read_text()
+    assert all(f"{k}.png" in index for k in FIGURES)
+
+
+def _numbers_ok(df, cols):
+    for c in cols:
+        v = pd.to_numeric(df[c], errors="raise")
+        assert v.notna().all() and np.isfinite(v).all(), c
+
+
+def test_tables_have_their_columns_and_numbers(built):
+    _, out, _ = built
+    t1 = pd.read_csv(out / "T1_headline.csv")
+    assert list(t1.network) == list(NETWORKS)
+    _numbers_ok(t1, ["float", "uniform4", "uniform4_std", "uniform2", "uniform2_std", "uniform4_baseline",
+                     "uniform2_baseline"])
+    # EAGL and ALPS rank layers like the truth: one of them recovers float above 1.0x on each network
+    fp_at = {m: pd.to_numeric(t1[f"{m}_fp_at"], errors="coerce") for m in report.METHODS}
+    assert ((fp_at["eagl"] > 1.0) | (fp_at["alps"] > 1.0)).all() and (fp_at["alps"] > 1.0).all()
+    assert fp_at["random"].isna().all() and set(t1.random_fp_at) == {"none"}
+    t2 = pd.read_csv(out / "T2_matched_throughput.csv")
+    assert len(t2) == 2 * 3
+    _numbers_ok(t2, ["target"] + [f"{m}_{k}" for m in report.METHODS for k in ("mean", "std", "rel_throughput")])
+    assert (t2.eagl_mean > t2.random_mean).all()
+    t3 = pd.read_csv(out / "T3_compute_time.csv")
+    assert {"seconds", "device_seconds", "device", "workers", "forward_passes", "backward_passes", "epochs",
+            "ratio_to_eagl", "units"} <= set(t3.columns)
+    _numbers_ok(t3, ["seconds", "device_seconds", "workers", "ratio_to_eagl"])
+    alps = t3[(t3.network == "resnet50") & (t3.method == "alps")].iloc[0]
+    assert alps.device_seconds == 120.0 and alps.ratio_to_eagl == pytest.approx(12_000)
+    t5 = pd.read_csv(out / "T5_rank_correlation.csv")
+    assert list(t5.columns) == ["network", "method", "spearman", "spearman_p", "kendall", "kendall_p", "layers"]
+    _numbers_ok(t5, ["spearman", "spearman_p", "kendall", "kendall_p", "layers"])
+    eagl = t5[t5.method == "eagl"]
+    assert (eagl.spearman > 0.8).all() and (eagl.layers == 12).all()
+    t6 = pd.read_csv(out / "T6_ablation.csv")
+    assert set(t6.variant) == {"entropy", "entropy_x_params", "entropy_drop", "alps"}
+    assert set(t6.cost) == {"throughput", "bops"} and set(t6.network) == set(NETWORKS)
+    _numbers_ok(t6, ["target", "n_low", "alps_predicted_drop", "alps_optimal_drop", "jaccard_vs_alps"])
+    assert (t6.alps_predicted_drop >= t6.alps_optimal_drop - 1e-9).all()  # ALPS's choice is the proxy's optimum
+    assert (t6[t6.variant == "alps"].jaccard_vs_alps == 1.0).all()
+    assert t6.jaccard_vs_alps.between(0, 1).all()
+    assert "training-free" in (out / "T6_ablation.md").read_text()
+    pts = pd.read_csv(out / "frontier_points.csv")
+    assert list(pts.columns[:6]) == ["network", "method", "target", "rel_throughput", "metric_mean", "metric_std"]
+    _numbers_ok(pts, ["rel_throughput", "metric_mean", "metric_std"])
+
+
+def test_metrics_json_is_dvc_readable(built):
+    _, out, _ = built
+
+    def no_nan(name):
+        raise AssertionError(f"{name} in metrics.json")
+
+    m = json.loads((out / "metrics.json").read_text(), parse_constant=no_nan)
+    assert set(m) == set(NETWORKS)
+    r = m["resnet50"]
+    assert r["float"] == 90.0 and set(r["auc"]) == set(report.METHODS)
+    assert set(r["seconds"]) == {"eagl", "alps", "hessian"} and r["recovers_fp_at"]["eagl"] > 1.0
+
+
+def test_claims_hold_on_agreeing_data(built):
+    _, out, _ = built
+    t4 = pd.read_csv(out / "T4_claims.csv")
+    assert list(t4.columns) == ["id", "claim", "evidence", "verdict"]
+    v = dict(zip(t4.id, t4.verdict))
+    assert len(v) == 4 and all(s.endswith(" at embedded scale") for s in v.values())
+    # ResNet-101 is absent: claims 1-2 hold on ResNet-50 only
+    assert v == {"C1": "partially reproduced at embedded scale", "C2": "partially reproduced at embedded scale",
+                 "C3": "reproduced at embedded scale", "C4": "reproduced at embedded scale"}
+    assert "ResNet-101" in t4.evidence[0] and "EAGL" in t4.evidence[3]
+
+
+def test_claims_flip_when_the_data_disagree(tmp_path):
+    for net in NETWORKS:
+        write_results(tmp_path, net, agree=False)
+    t4 = report.assess(tmp_path, NETWORKS, scale="embedded")
+    assert list(t4.verdict) == ["not reproduced at embedded scale"] * 4
+
+
+def _facts(recover: bool = True, auc_ours: float = 80.0, eagl_s: float = 0.01) -> dict:
+    curve = [(1.2, 90.0 if recover else 85.0), (1.5, 70.0)]
+    one = {"float": 90.0, "curves": {"eagl": curve, "alps": curve, "hessian": [(1.2, 80.0)]},
+           "auc": {"eagl": auc_ours, "alps": auc_ours, "hessian": 75.0, "random": 70.0},
+           "device_seconds": {"eagl": eagl_s, "hessian": 10.0, "alps": 100.0}}
+    return {n: json.loads(json.dumps(one)) for n in ("resnet50", "resnet101", "pspnet")}
+
+
+def test_verdict_functions_both_ways():
+    assert report.claim_recovery(_facts(), tolerance=0.1)[0] == "reproduced"
+    assert report.claim_recovery(_facts(recover=False), tolerance=0.1)[0] == "not reproduced"
+    mixed = _facts()
+    mixed["resnet101"]["curves"]["eagl"] = mixed["resnet101"]["curves"]["alps"] = [(1.2, 50.0)]
+    assert report.claim_recovery(mixed, tolerance=0.1)[0] == "partially reproduced"
+    # a point at exactly 1.0x (the all-4-bit start) does not count
+    at_one = _facts()
+    for m in ("eagl", "alps"):
+        at_one["resnet50"]["curves"][m] = at_one["resnet101"]["curves"][m] = [(1.0, 90.0), (1.3, 80.0)]
+    assert report.claim_recovery(at_one, tolerance=0.1)[0] == "not reproduced"
+    assert report.claim_frontier(_facts())[0] == "reproduced"
+    assert report.claim_frontier(_facts(auc_ours=74.0))[0] == "not reproduced"
+    half = _facts()
+    half["resnet50"]["auc"]["alps"] = 60.0
+    assert report.claim_frontier(half)[0] == "partially reproduced"
+    assert report.claim_segmentation(_facts(), tolerance=0.1)[0] == "reproduced"
+    assert report.claim_segmentation(_facts(recover=False, auc_ours=60.0), tolerance=0.1)[0] == "not reproduced"
+    assert report.claim_compute(_facts())[0] == "reproduced"          # 1000x and 10000x
+    assert report.claim_compute(_facts(eagl_s=2.0))[0] == "not reproduced"   # 5x and 50x
+    assert report.claim_compute(_facts(eagl_s=0.5))[0] == "partially reproduced"  # 20x fails, 200x holds
+    # missing networks: not testable, or at most partial
+    only_psp = {"pspnet": _facts()["pspnet"]}
+    assert report.claim_recovery(only_psp, tolerance=0.1)[0] == "not testable"
+    assert report.claim_segmentation({}, tolerance=0.1)[0] == "not testable"
+    assert report.claim_recovery({"resnet50": _facts()["resnet50"]}, tolerance=0.1)[0] == "partially reproduced"
+    t4 = report.claims(only_psp, tolerance=0.1, scale="paper")
+    assert list(t4.verdict) == ["not testable at paper scale", "not testable at paper scale",
+                                "reproduced at paper scale", "reproduced at paper scale"]
+
+
+def test_missing_input_names_the_file_and_the_step(tmp_path):
+    write_results(tmp_path, "resnet50", n=4, seeds=(0,), points=1)
+    (tmp_path / "resnet50" / "sensitivity" / "hessian_cost.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"hessian_cost\.json.*mpq sensitivity .*--method hessian"):
+        report.load_network(tmp_path, "resnet50")
+    (tmp_path / "resnet50" / "frontier.csv").unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        report.build(tmp_path, tmp_path / "out", ["resnet50"], scale="tiny")
+    msg = str(e.value)
+    assert "\n" not in msg and "frontier.csv" in msg and "`mpq frontier" in msg
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(FileNotFoundError, match=r"baselines\.json.*`mpq baselines"):
+        report.load_network(tmp_path, "resnet101")
+
+
+def test_markdown_writer():
+    df = pd.DataFrame({"name": ["a|b", "c"], "x": [1.23456, math.nan], "n": [3, 4000]})
+    md = tables.markdown(df)
+    lines = md.splitlines()
+    assert lines[0] == "| name | x | n |" and lines[1] == "|:---|---:|---:|"
+    assert lines[2] == "| a\\|b | 1.23 | 3 |" and lines[3] == "| c | n/a | 4000 |"
+    assert tables.format_number(0.000123) == "0.000123" and tables.format_number(None) == "n/a"
