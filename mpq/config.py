@@ -54,6 +54,7 @@ class NetworkConfig:
     input_size: int              # training/eval input side in pixels
     batch_size: int
     train_size: int | None       # use only the first N training samples (None: all)
+    eval_size: int | None        # use only the first N validation and test samples (None: all)
     pretrained: bool             # torchvision ImageNet weights (width 1.0 only)
     float_epochs: float          # float training (0 with pretrained weights)
     float_lr: float
@@ -66,6 +67,8 @@ class NetworkConfig:
         _check(self.batch_size >= 2, f"{key}.batch_size", f"must be >= 2, got {self.batch_size}")
         _check(self.train_size is None or self.train_size >= self.batch_size, f"{key}.train_size",
                f"must be null or >= batch_size, got {self.train_size}")
+        _check(self.eval_size is None or self.eval_size >= 1, f"{key}.eval_size",
+               f"must be null or >= 1, got {self.eval_size}")
         _check(not self.pretrained or self.width == 1.0, f"{key}.pretrained",
                "pretrained weights need width 1.0")
         _check(self.float_epochs > 0 or self.pretrained, f"{key}.float_epochs",

@@ -591,6 +591,16 @@ class _EvalShardSampler(DistributedSampler):
         return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
+def _collate_fn(dataset: Dataset):
+    """A dataset's own ``collate_fn``, looking through ``Subset`` wrappers."""
+    while dataset is not None:
+        fn = getattr(dataset, "collate_fn", None)
+        if fn is not None:
+            return fn
+        dataset = getattr(dataset, "dataset", None)
+    return None
+
+
 def make_loader(dataset: Dataset, *, batch_size: int, train: bool, seed: int = 0, rank: int = 0,
                 world_size: int = 1, num_workers: int = 0, drop_last: bool | None = None) -> DataLoader:
     """A DataLoader for one split: shuffled (seeded) for training, in order for evaluation.
@@ -608,7 +618,7 @@ def make_loader(dataset: Dataset, *, batch_size: int, train: bool, seed: int = 0
     """
     drop_last = train if drop_last is None else drop_last
     kwargs = dict(batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
-                  collate_fn=getattr(dataset, "collate_fn", None))
+                  collate_fn=_collate_fn(dataset))
     if world_size > 1:
         sampler_cls = DistributedSampler if train else _EvalShardSampler
         sampler = sampler_cls(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,

@@ -8,6 +8,8 @@ uniform baselines.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -21,6 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Subset
 
 from . import alps, baselines, bitconfig, checkpoint, cost, data, eagl, frontier, hessian, jobs, paths
 from .config import Config, ConfigError
@@ -46,18 +49,27 @@ def task_data(cfg: Config, network: str) -> data.TaskData:
         if td.input_size != net.input_size:
             raise ConfigError(f"network.{network}.input_size: the embedded {task} data is "
                               f"{td.input_size} px; set {td.input_size}")
-        return td
+        return _limit_eval(td, net.eval_size)
     if task == "classification":
         if not cfg.data.imagenet:
             raise FileNotFoundError("data.imagenet: not set; set it in the params file to an ImageNet "
                                     "folder with train/ and val/ (ImageFolder layout)")
-        return data.load_imagenet(cfg.data.imagenet, val_size=cfg.data.val_size, seed=cfg.seed,
-                                  input_size=net.input_size)
+        return _limit_eval(data.load_imagenet(cfg.data.imagenet, val_size=cfg.data.val_size, seed=cfg.seed,
+                                              input_size=net.input_size), net.eval_size)
     if not cfg.data.segmentation:
         raise FileNotFoundError("data.segmentation: not set; set it in the params file to a Cityscapes "
                                 "or ADE20K folder (and data.segmentation_format)")
-    return data.load_segmentation(cfg.data.segmentation, format=cfg.data.segmentation_format,
-                                  crop_size=net.input_size, val_size=cfg.data.val_size, seed=cfg.seed)
+    return _limit_eval(data.load_segmentation(cfg.data.segmentation, format=cfg.data.segmentation_format,
+                                              crop_size=net.input_size, val_size=cfg.data.val_size,
+                                              seed=cfg.seed), net.eval_size)
+
+
+def _limit_eval(td: data.TaskData, n: int | None) -> data.TaskData:
+    """The first ``n`` samples of the validation and test splits (smaller presets)."""
+    if n is None:
+        return td
+    cut = lambda ds: Subset(ds, range(min(n, len(ds))))  # noqa: E731
+    return dataclasses.replace(td, val=cut(td.val), test=cut(td.test))
 
 
 def setup_torch(cfg: Config, seed: int | None = None) -> torch.device:
@@ -141,10 +153,11 @@ class Experiment:
         return qm
 
     def meta(self, kind: str, model: nn.Module, **extra: Any) -> dict[str, Any]:
-        """What a checkpoint records: enough to rebuild and to refuse a mismatch."""
+        """What a checkpoint records: enough to rebuild, to refuse a mismatch and to spot a stale one."""
         bits = get_bits(model) if kind != "float" else None
+        uniform = None if bits is None else bits[candidate_layers(model)[0]]
         return {"network": self.network, "width": self.net.width, "num_classes": self.data.num_classes,
-                "kind": kind, "bits": bits, **extra}
+                "kind": kind, "bits": bits, "recipe": self.recipe(kind, uniform), **extra}
 
     def load(self, path: str | Path, kind: str) -> tuple[nn.Module, dict[str, Any]]:
         """Rebuild a model from a checkpoint of this network (``float`` or ``quant``)."""
@@ -214,9 +227,9 @@ class Experiment:
         out = Path(outdir) if outdir is not None else paths.network_dir(self.network)
         results: dict[str, dict[str, Any]] = {}
         float_path = out / paths.FLOAT_CKPT
-        if float_path.is_file():
-            fmodel, meta = self.load(float_path, "float")
-            seconds = meta["seconds"]
+        found = self._reusable(float_path, "float")
+        if found:
+            fmodel, seconds = found
         else:
             torch.manual_seed(self.cfg.seed)
             fmodel = self.new_float().to(self.device)
@@ -230,9 +243,9 @@ class Experiment:
         for bits in (self.cfg.quant.start_bits, self.cfg.quant.low_bits):
             name = f"uniform{bits}"
             path = out / paths.uniform_ckpt(bits)
-            if path.is_file():
-                qmodel, meta = self.load(path, "quant")
-                seconds = meta["seconds"]
+            found = self._reusable(path, "quant", bits)
+            if found:
+                qmodel, seconds = found
             else:
                 qmodel = self.quantize(fmodel, bits)
                 t0 = time.perf_counter()
@@ -245,6 +258,37 @@ class Experiment:
             checkpoint.atomic_write_json(out / paths.BASELINES_JSON, results)
         return results
 
+    def recipe(self, kind: str, bits: int | None = None) -> str:
+        """A hash of everything that makes a ``float`` or uniform ``bits``-bit checkpoint what it is.
+
+        A checkpoint whose recipe differs (other epochs, lr, width, data, seed, ...)
+        is stale: ``baselines`` retrains it, the later steps refuse it.
+        """
+        net = {k: v for k, v in dataclasses.asdict(self.net).items() if not k.startswith("quant_")}
+        blob: dict[str, Any] = {"network": self.network, "net": net, "seed": self.cfg.seed,
+                                "float": dataclasses.asdict(self.fit_settings("float")),
+                                "train": len(self.data.train), "scale": self.cfg.scale}
+        if kind != "float":
+            blob.update(quant=dataclasses.asdict(self.cfg.quant), bits=bits,
+                        finetune=dataclasses.asdict(self.fit_settings("quant")))
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _reusable(self, path: Path, kind: str, bits: int | None = None) -> tuple[nn.Module, float] | None:
+        """``(model, training seconds)`` of a checkpoint made with today's recipe, else ``None``.
+
+        A checkpoint for another network, width or recipe is stale and will be
+        retrained; an unreadable one is an error (it says to delete it).
+        """
+        if not path.is_file():
+            return None
+        try:
+            model, meta = self.load(path, kind)
+        except checkpoint.CheckpointMismatch:
+            return None
+        if meta.get("recipe") != self.recipe(kind, bits):
+            return None
+        return model, meta["seconds"]
+
     def _save(self, path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
         """Rank 0 writes the checkpoint; every rank waits for it (replicas are identical under DDP)."""
         if world()[0] == 0:
@@ -255,9 +299,15 @@ class Experiment:
     def start_models(self, outdir: str | Path | None = None) -> tuple[nn.Module, nn.Module]:
         """The starting point every method reads: the all-``start_bits`` LSQ model and its float teacher."""
         out = Path(outdir) if outdir is not None else paths.network_dir(self.network)
-        qmodel, _ = self.load(out / paths.uniform_ckpt(self.cfg.quant.start_bits), "quant")
-        fmodel, _ = self.load(out / paths.FLOAT_CKPT, "float")
-        return qmodel, fmodel
+        start = self.cfg.quant.start_bits
+        models = []
+        for path, kind, bits in ((out / paths.uniform_ckpt(start), "quant", start), (out / paths.FLOAT_CKPT, "float", None)):
+            model, meta = self.load(path, kind)
+            if meta.get("recipe") != self.recipe(kind, bits):
+                raise checkpoint.CheckpointMismatch(f"checkpoint {path} was trained with other settings than "
+                                                    f"{self.cfg.source or 'the params'}: rerun `mpq baselines`")
+            models.append(model)
+        return models[0], models[1]
 
     def loss_fn(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The task loss (eval-mode output): cross-entropy, ignoring void pixels."""

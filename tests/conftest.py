@@ -18,7 +18,7 @@ def embedded(tmp_path_factory):
 
 def write_params(path: Path, base: str = "presets/tiny.yaml", **overrides) -> Path:
     """Write a params file: ``base`` with dotted-key overrides (``network.resnet50.width=0.125``)."""
-    raw = yaml.safe_load((ROOT / base).read_text())
+    raw = yaml.safe_load((ROOT / base).read_text() if not Path(base).is_absolute() else Path(base).read_text())
     for key, value in overrides.items():
         *parents, last = key.split("__")
         node = raw

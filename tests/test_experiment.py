@@ -36,11 +36,35 @@ def test_resume_after_interruption_trains_only_what_is_missing(micro_params, tmp
     assert (tmp_path / "uniform2.pt").is_file()
 
 
-def test_checkpoint_of_another_width_is_refused(micro_params, tmp_path):
+def test_checkpoint_of_another_width_is_refused_by_load_and_retrained_by_baselines(micro_params, tmp_path):
     exp = Experiment(config.load(micro_params), "resnet50", progress=False)
     model = exp.new_float()
     checkpoint.save(tmp_path / "float.pt", model, exp.meta("float", model) | {"width": 0.5})
     with pytest.raises(checkpoint.CheckpointMismatch, match="width=0.5, not 0.0625"):
+        exp.load(tmp_path / "float.pt", "float")
+    exp.baselines(tmp_path)  # stale: retrained and overwritten
+    assert checkpoint.load(tmp_path / "float.pt")[1]["width"] == 0.0625
+
+
+def test_changed_recipe_retrains_and_later_steps_refuse_stale_checkpoints(micro_params, tmp_path):
+    cfg = config.load(micro_params)
+    Experiment(cfg, "resnet50", progress=False).baselines(tmp_path)
+    before = {n: (tmp_path / n).stat().st_mtime_ns for n in ("float.pt", "uniform4.pt", "uniform2.pt")}
+    changed = write_params(tmp_path / "p.yaml", base=str(micro_params), network__resnet50__quant_lr=0.02)
+    exp = Experiment(config.load(changed), "resnet50", progress=False)
+    with pytest.raises(checkpoint.CheckpointMismatch, match="other settings.*rerun `mpq baselines`"):
+        exp.sensitivity("eagl", tmp_path)
+    exp.baselines(tmp_path)
+    after = {n: (tmp_path / n).stat().st_mtime_ns for n in before}
+    assert after["float.pt"] == before["float.pt"]  # the float recipe did not change
+    assert after["uniform4.pt"] != before["uniform4.pt"] and after["uniform2.pt"] != before["uniform2.pt"]
+    exp.sensitivity("eagl", tmp_path)
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(micro_params, tmp_path):
+    exp = Experiment(config.load(micro_params), "resnet50", progress=False)
+    (tmp_path / "float.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="unreadable.*delete it"):
         exp.baselines(tmp_path)
 
 
