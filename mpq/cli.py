@@ -103,6 +103,16 @@ def _cmd_allocate(args: argparse.Namespace) -> None:
           f"{alloc.relative:.3f}x (asked {args.budget}x)")
 
 
+def _step(sub, name: str, text: str, func) -> argparse.ArgumentParser:
+    """A pipeline step's sub-command, with the options every step shares."""
+    p = sub.add_parser(name, help=text)
+    p.add_argument("--network", action="append", help="network (repeatable; default: all in params)")
+    p.add_argument("--out", default=None, help="results root (default: results/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mpq", description=__doc__.splitlines()[0])
     p.add_argument("--params", default=config.DEFAULT_PARAMS, help="settings file (default: params.yaml)")
@@ -113,24 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--root", default=None, help="output folder (default: data.root of the params)")
     d.set_defaults(func=_cmd_data)
 
-    b = sub.add_parser("baselines", help="train float, uniform start_bits and low_bits models")
-    b.add_argument("--network", action="append", help="network (repeatable; default: all in params)")
-    b.add_argument("--out", default=None, help="results root (default: results/)")
-    b.add_argument("--quiet", action="store_true", help="no progress bars")
-    b.set_defaults(func=_cmd_baselines)
-
-    s = sub.add_parser("sensitivity", help="score every candidate layer (needs the baselines' checkpoints)")
-    s.add_argument("--network", action="append", help="network (repeatable; default: all in params)")
+    _step(sub, "baselines", "train float, uniform start_bits and low_bits models", _cmd_baselines)
+    s = _step(sub, "sensitivity", "score every candidate layer (needs the baselines' checkpoints)",
+              _cmd_sensitivity)
     s.add_argument("--method", action="append", help="eagl, alps, hessian, noft or random (repeatable; default: all)")
-    s.add_argument("--out", default=None, help="results root (default: results/)")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
-    s.set_defaults(func=_cmd_sensitivity)
-
-    f = sub.add_parser("frontier", help="fine-tune and evaluate every (method, budget, seed) configuration")
-    f.add_argument("--network", action="append", help="network (repeatable; default: all in params)")
-    f.add_argument("--out", default=None, help="results root (default: results/)")
-    f.add_argument("--quiet", action="store_true", help="no progress bars")
-    f.set_defaults(func=_cmd_frontier)
+    _step(sub, "frontier", "fine-tune and evaluate every (method, budget, seed) configuration", _cmd_frontier)
 
     a = sub.add_parser("allocate", help="EAGL + allocator on a torchvision model -> bit-configuration file")
     a.add_argument("--model", required=True, help="torchvision model name, e.g. resnet50")

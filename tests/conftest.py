@@ -1,8 +1,12 @@
 """Shared fixtures: the embedded data built once per session, a shrunken tiny preset."""
+from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from torch import nn
 
 from mpq.data import build_embedded
 
@@ -41,3 +45,24 @@ def micro_params(embedded, tmp_path_factory):
                      f"network__{net}__batch_size": 16 if seg else 32,
                      f"network__{net}__float_epochs": 1, f"network__{net}__quant_epochs": 0.5})
     return write_params(p, **over)
+
+
+def tiny_net() -> nn.Module:
+    """A small conv net with a named block: enough layers for job and ALPS tests, seconds to train."""
+    block = nn.Sequential(OrderedDict(conv1=nn.Conv2d(8, 8, 3, padding=1), r1=nn.ReLU(),
+                                      conv2=nn.Conv2d(8, 8, 3, padding=1), r2=nn.ReLU()))
+    return nn.Sequential(OrderedDict(
+        stem=nn.Conv2d(3, 8, 3, padding=1), r0=nn.ReLU(), block=block,
+        conv3=nn.Conv2d(8, 8, 3, stride=2, padding=1), r3=nn.ReLU(),
+        flat=nn.Flatten(), fc=nn.Linear(128, 4)))
+
+
+@contextmanager
+def one_thread():
+    """Run torch on one thread (as a worker does): equal thread counts give equal floats."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

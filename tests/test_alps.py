@@ -6,15 +6,12 @@ inputs with learnable labels, so that a job takes milliseconds.
 import copy
 import json
 import os
-from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import replace
 
 import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.utils.data import TensorDataset
 
 import mpq
@@ -22,6 +19,8 @@ from mpq import alps, jobs
 from mpq.data import make_loader
 from mpq.quantized import NotQuantizedError
 from mpq.train import FitSettings, evaluate, fit
+from mpq.sensitivity import allocator_table
+from tests.conftest import one_thread, tiny_net
 
 SETTINGS = FitSettings(epochs=1, lr=0.05)
 BATCH = 16
@@ -29,26 +28,6 @@ N_TRAIN, N_VAL = 48, 32
 # every column but seconds and worker; train_loss (a float) shows any difference in the fine-tune
 DETERMINISTIC = ["layer", "bits_from", "bits_to", "score", "metric", "reference_metric", "train_loss"]
 REAL_RUN_JOB = jobs.run_job
-
-
-def tiny_net() -> nn.Module:
-    block = nn.Sequential(OrderedDict(conv1=nn.Conv2d(8, 8, 3, padding=1), r1=nn.ReLU(),
-                                      conv2=nn.Conv2d(8, 8, 3, padding=1), r2=nn.ReLU()))
-    return nn.Sequential(OrderedDict(
-        stem=nn.Conv2d(3, 8, 3, padding=1), r0=nn.ReLU(), block=block,
-        conv3=nn.Conv2d(8, 8, 3, stride=2, padding=1), r3=nn.ReLU(),
-        flat=nn.Flatten(), fc=nn.Linear(128, 4)))
-
-
-@contextmanager
-def one_thread():
-    """Run torch on one thread (as ``run`` does): equal thread counts give equal floats."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +88,7 @@ def test_table_scores_and_cost(setup):
     assert list(s.table["layer"]) == mpq.candidate_layers(q) == ["block.conv1", "block.conv2", "conv3"]
     assert (s.table["bits_from"] == 4).all() and (s.table["bits_to"] == 2).all()
     assert (s.table["score"] == s.table["reference_metric"] - s.table["metric"]).all()
-    assert s.for_allocator()["conv3"] == {4: 0.0, 2: float(s.table["score"].iloc[2])}
+    assert s.for_allocator() == allocator_table(s.scores, 4, 2)  # negative scores floored
     # the caller's model is untouched
     assert all(torch.equal(v, before[k]) for k, v in q.state_dict().items())
     assert set(mpq.get_bits(q).values()) == {4, 8}

@@ -6,13 +6,10 @@ inputs, so that a job takes milliseconds.
 import copy
 import json
 import math
-from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import TensorDataset
 
 import mpq
@@ -20,6 +17,7 @@ from mpq import jobs
 from mpq.data import make_loader
 from mpq.jobs import Job, JobContext
 from mpq.train import FitSettings, evaluate
+from tests.conftest import one_thread, tiny_net
 
 SETTINGS = FitSettings(epochs=1, lr=0.05)
 BATCH = 16
@@ -29,25 +27,6 @@ CHANGED = {"block.conv1", "conv3"}  # the layers FULL moves away from the start 
 # every record field that does not depend on timing or on who ran the job
 DETERMINISTIC = ["format", "key", "name", "bits", "seed", "metric", "train_loss", "steps", "train_samples",
                  "eval_samples", "teacher_samples"]
-
-
-def tiny_net() -> nn.Module:
-    block = nn.Sequential(OrderedDict(conv1=nn.Conv2d(8, 8, 3, padding=1), r1=nn.ReLU(),
-                                      conv2=nn.Conv2d(8, 8, 3, padding=1), r2=nn.ReLU()))
-    return nn.Sequential(OrderedDict(
-        stem=nn.Conv2d(3, 8, 3, padding=1), r0=nn.ReLU(), block=block,
-        conv3=nn.Conv2d(8, 8, 3, stride=2, padding=1), r3=nn.ReLU(),
-        flat=nn.Flatten(), fc=nn.Linear(128, 4)))
-
-
-@contextmanager
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
