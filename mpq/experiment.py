@@ -38,38 +38,38 @@ SENSITIVITY_METHODS = ("eagl", "alps", "hessian", "noft", "random")
 
 
 def task_data(cfg: Config, network: str) -> data.TaskData:
-    """The splits for ``network``'s task at the preset's scale.
+    """The splits for ``network``'s task at the preset's scale, cut to ``train_size``/``eval_size``.
 
     Embedded/tiny: the .npy data under ``data.root``. Paper: ImageNet or the
     segmentation folder named in ``data`` (a missing folder is a clear error).
     """
     task, net = get_spec(network).task, cfg.net(network)
     if cfg.scale != "paper":
-        td = data.load_embedded(cfg.data.root, task, train_size=net.train_size)
+        td = data.load_embedded(cfg.data.root, task)
         if td.input_size != net.input_size:
             raise ConfigError(f"network.{network}.input_size: the embedded {task} data is "
                               f"{td.input_size} px; set {td.input_size}")
-        return _limit_eval(td, net.eval_size)
-    if task == "classification":
+    elif task == "classification":
         if not cfg.data.imagenet:
             raise FileNotFoundError("data.imagenet: not set; set it in the params file to an ImageNet "
                                     "folder with train/ and val/ (ImageFolder layout)")
-        return _limit_eval(data.load_imagenet(cfg.data.imagenet, val_size=cfg.data.val_size, seed=cfg.seed,
-                                              input_size=net.input_size), net.eval_size)
-    if not cfg.data.segmentation:
-        raise FileNotFoundError("data.segmentation: not set; set it in the params file to a Cityscapes "
-                                "or ADE20K folder (and data.segmentation_format)")
-    return _limit_eval(data.load_segmentation(cfg.data.segmentation, format=cfg.data.segmentation_format,
-                                              crop_size=net.input_size, val_size=cfg.data.val_size,
-                                              seed=cfg.seed), net.eval_size)
+        td = data.load_imagenet(cfg.data.imagenet, val_size=cfg.data.val_size, seed=cfg.seed,
+                                input_size=net.input_size)
+    else:
+        if not cfg.data.segmentation:
+            raise FileNotFoundError("data.segmentation: not set; set it in the params file to a Cityscapes "
+                                    "or ADE20K folder (and data.segmentation_format)")
+        td = data.load_segmentation(cfg.data.segmentation, format=cfg.data.segmentation_format,
+                                    crop_size=net.input_size, val_size=cfg.data.val_size, seed=cfg.seed)
+    return _limit(td, net.train_size, net.eval_size)
 
 
-def _limit_eval(td: data.TaskData, n: int | None) -> data.TaskData:
-    """The first ``n`` samples of the validation and test splits (smaller presets)."""
-    if n is None:
-        return td
-    cut = lambda ds: Subset(ds, range(min(n, len(ds))))  # noqa: E731
-    return dataclasses.replace(td, val=cut(td.val), test=cut(td.test))
+def _limit(td: data.TaskData, train_size: int | None, eval_size: int | None) -> data.TaskData:
+    """The first ``train_size`` training and ``eval_size`` validation/test samples (smaller presets)."""
+    def cut(ds, n):
+        return ds if n is None else Subset(ds, range(min(n, len(ds))))
+    return dataclasses.replace(td, train=cut(td.train, train_size), val=cut(td.val, eval_size),
+                               test=cut(td.test, eval_size))
 
 
 def setup_torch(cfg: Config, seed: int | None = None) -> torch.device:

@@ -173,3 +173,30 @@ def test_frontier_runs_resumes_and_summarises(micro_params, tmp_path):
     again = exp.frontier(tmp_path, methods=("eagl", "hessian", "random"))
     pd.testing.assert_frame_equal(again, table)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "records" / "frontier").iterdir()} == mtimes
+
+
+def test_paper_scale_path_on_a_fake_imagenet_folder(tmp_path):
+    """The paper preset's code path (ImageFolder data, the same steps) at a microscopic size."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("val", 4)):
+        for c in ("n01", "n02"):
+            (tmp_path / "imagenet" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                    tmp_path / "imagenet" / split / c / f"{i}.png")
+    over = {"device": "cpu", "threads": 1, "data__imagenet": str(tmp_path / "imagenet"), "data__val_size": 4}
+    over.update({f"network__resnet50__{k}": v for k, v in dict(
+        width=0.0625, input_size=32, batch_size=4, pretrained=False, float_epochs=1, quant_epochs=0.5,
+        train_size=None, eval_size=None).items()})
+    params = write_params(tmp_path / "paper.yaml", base="presets/paper.yaml", **over)
+    exp = Experiment(config.load(params), "resnet50", progress=False)
+    assert (len(exp.data.train), len(exp.data.val), len(exp.data.test), exp.data.num_classes) == (20, 4, 8, 2)
+    res = exp.baselines(tmp_path / "res")
+    assert set(res) == {"float", "uniform4", "uniform2"}
+    assert exp.sensitivity("eagl", tmp_path / "res").table.shape[0] == 52
+    missing = write_params(tmp_path / "p2.yaml", base=str(params), data__imagenet=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="data.imagenet"):
+        Experiment(config.load(missing), "resnet50", progress=False).data
