@@ -40,7 +40,7 @@ def test_set_bits_changes_in_place_and_reinitialises_steps():
     w_step, a_step = layer.wq.step.item(), layer.aq.step.item()
     assert mpq.set_bits(q, {"2": 2}) is q
     assert mpq.get_bits(q)["2"] == 2 and mpq.get_bits(q)["4"] == 4
-    assert float(layer.wq.step) != w_step and float(layer.aq.step) > a_step
+    assert layer.wq.step.item() != w_step and layer.aq.step.item() > a_step
     mpq.set_bits(q, 2)  # one int: every candidate
     assert [mpq.get_bits(q)[n] for n in mpq.candidate_layers(q)] == [2, 2]
 
