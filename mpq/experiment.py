@@ -72,7 +72,7 @@ def _limit(td: data.TaskData, train_size: int | None, eval_size: int | None) -> 
                                test=cut(td.test, eval_size))
 
 
-def setup_torch(cfg: Config, seed: int | None = None) -> torch.device:
+def setup_torch(cfg: Config) -> torch.device:
     """Seed everything and set CPU threads; return the device to use.
 
     Under ``torchrun`` (a process group is up) each rank uses its own GPU,
@@ -80,7 +80,7 @@ def setup_torch(cfg: Config, seed: int | None = None) -> torch.device:
     """
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed if seed is None else seed)
+    torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world()[1] > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -177,13 +177,13 @@ class Experiment:
         return model.to(self.device), meta
 
     # ---- training ---------------------------------------------------------------------------
-    def fit_settings(self, kind: str, epochs: float | None = None, lr: float | None = None) -> FitSettings:
+    def fit_settings(self, kind: str, epochs: float | None = None) -> FitSettings:
         """Fine-tune settings for ``float`` or ``quant`` training of this network."""
         t, n = self.cfg.train, self.net
         is_float = kind == "float"
         return FitSettings(
             epochs=(n.float_epochs if is_float else n.quant_epochs) if epochs is None else epochs,
-            lr=(n.float_lr if is_float else n.quant_lr) if lr is None else lr,
+            lr=n.float_lr if is_float else n.quant_lr,
             momentum=t.momentum, weight_decay=t.weight_decay,
             warmup_epochs=t.warmup_epochs if is_float else 0.0,
             label_smoothing=t.label_smoothing, distill=0.0 if is_float else t.distill,

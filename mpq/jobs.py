@@ -54,11 +54,10 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_json
 from .data import make_loader
-from .metrics import Accuracy, MeanIoU
 from .quantized import candidate_layers, get_bits, set_bits
 from .quantizers import qrange
 from .sensitivity import device_name
-from .train import TASKS, FitSettings, fit
+from .train import TASKS, FitSettings, evaluate, fit
 
 __all__ = ["Job", "JobContext", "RECORD_FORMAT", "context_key", "job_key", "record_path", "read_record",
            "run_job", "run"]
@@ -214,23 +213,6 @@ def read_record(record_dir: str | Path, job: Job, base_key: str) -> dict[str, An
 
 # ---- one job ---------------------------------------------------------------------------------
 
-@torch.no_grad()
-def _evaluate(model: nn.Module, loader, ctx: JobContext) -> float:
-    """The metric of ``model`` on ``loader``, computed in this process only.
-
-    The same loop as ``mpq.train.evaluate`` without its sum over ranks: under
-    ``torch.distributed`` every rank evaluates a *different* model (its own
-    job), so the counts must not be summed across ranks.
-    """
-    device = torch.device(ctx.device)
-    model.eval()
-    meter = Accuracy() if ctx.task == "classification" else MeanIoU(ctx.num_classes, ctx.ignore_index)
-    for x, y in loader:
-        out = model(x.to(device, non_blocking=True))
-        meter.update(out.argmax(1), y.to(device, non_blocking=True))
-    return meter.compute()
-
-
 def run_job(ctx: JobContext, job: Job) -> dict[str, Any]:
     """Apply ``job.bits``, seed, fine-tune, evaluate on ``ctx.eval_set``; return the record (no I/O).
 
@@ -252,7 +234,10 @@ def run_job(ctx: JobContext, job: Job) -> dict[str, Any]:
         stats = fit(model, loader, task=ctx.task, settings=ctx.settings, teacher=ctx.teacher,
                     device=device, progress=False)
         steps, loss = int(stats["steps"]), float(stats["loss"])
-    metric = _evaluate(model, make_loader(ctx.eval_set, batch_size=ctx.batch_size, train=False), ctx)
+    # each rank evaluates its own job's model: its counts must not be summed with the others'
+    metric = evaluate(model, make_loader(ctx.eval_set, batch_size=ctx.batch_size, train=False), task=ctx.task,
+                      num_classes=ctx.num_classes, ignore_index=ctx.ignore_index, device=device,
+                      across_ranks=False)
     train_samples = steps * ctx.batch_size  # training loaders drop the last partial batch
     distilled = ctx.teacher is not None and ctx.settings.distill > 0
     return {"format": RECORD_FORMAT, "key": job_key(ctx.base_key, job), "name": job.name,

@@ -153,8 +153,14 @@ def fit(model: nn.Module, loader, *, task: str, settings: FitSettings, device: t
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, *, task: str, num_classes: int, ignore_index: int = 255,
-             device: torch.device | str = "cpu", max_batches: int | None = None) -> float:
-    """Top-1 accuracy (classification) or mIoU (segmentation), in percent."""
+             device: torch.device | str = "cpu", max_batches: int | None = None,
+             across_ranks: bool = True) -> float:
+    """Top-1 accuracy (classification) or mIoU (segmentation), in percent.
+
+    Under ``torch.distributed`` the counts are summed over the ranks (each rank
+    evaluated its shard of one model); ``across_ranks=False`` keeps them local,
+    for ranks that each evaluate a *different* model (``mpq.jobs``).
+    """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: choose one of {TASKS}")
     device = torch.device(device)
@@ -171,5 +177,6 @@ def evaluate(model: nn.Module, loader, *, task: str, num_classes: int, ignore_in
     model.train(was_training)
     if n == 0:
         raise ValueError("the evaluation loader has no batches: check the split and batch_size")
-    meter.all_reduce()  # sums the counts over DDP ranks (no-op in one process)
+    if across_ranks:
+        meter.all_reduce()  # sums the counts over DDP ranks (no-op in one process)
     return meter.compute()
