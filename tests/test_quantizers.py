@@ -122,7 +122,7 @@ def test_weight_quantizer_init_and_disable():
     w = torch.randn(8, 4, 3, 3)
     wq = WeightQuantizer(w.shape, 4)
     wq.init_step(w)
-    assert float(wq.step) == pytest.approx(2 * w.abs().mean().item() / math.sqrt(7), rel=1e-5)
+    assert wq.step.item() == pytest.approx(2 * w.abs().mean().item() / math.sqrt(7), rel=1e-5)
     pc = WeightQuantizer(w.shape, 4, per_channel=True)
     pc.init_step(w)
     assert pc.step.shape == (8, 1, 1, 1)
