@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from torch import nn
 
-from .checkpoint import atomic_write_text
+from . import atomic
 from .quantized import get_bits
 
 __all__ = ["FORMAT", "save_bits", "read_bits_file", "load_bits"]
@@ -37,7 +37,7 @@ def save_bits(path: str | Path, bits: Mapping[str, int | None], **info: Any) -> 
     """Write a bit-configuration file (atomically); ``info`` adds the provenance fields."""
     body = {"format": FORMAT, **info, "bits": {k: (None if v is None else int(v)) for k, v in bits.items()}}
     path = Path(path)
-    atomic_write_text(path, yaml.safe_dump(body, sort_keys=False, default_flow_style=False))
+    atomic.write_text(path, yaml.safe_dump(body, sort_keys=False, default_flow_style=False))
     return path
 
 

@@ -10,16 +10,14 @@ line when they differ (another network, another width, ...).
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "CheckpointMismatch", "save", "load", "atomic_write_bytes",
-           "atomic_write_text", "atomic_write_json", "FORMAT"]
+from . import atomic
+
+__all__ = ["CheckpointError", "CheckpointMismatch", "save", "load", "FORMAT"]
 
 FORMAT = "mpq-checkpoint/1"
 
@@ -32,39 +30,12 @@ class CheckpointMismatch(CheckpointError):
     """A readable checkpoint written for something else than what is asked for."""
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + rename)."""
-    _atomic(Path(path), lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
 def save(path: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
     """Save ``model``'s state dict (unwrapping DDP) with ``meta``, atomically."""
     module = getattr(model, "module", model)
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     payload = {"format": FORMAT, "meta": dict(meta), "state_dict": state}
-    _atomic(Path(path), lambda f: torch.save(payload, f))
+    atomic.write_with(path, lambda f: torch.save(payload, f))
 
 
 def load(path: str | Path, *, expect: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:

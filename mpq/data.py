@@ -27,9 +27,6 @@ target an int64 scalar (classification) or an int64 ``(H, W)`` mask with
 from __future__ import annotations
 
 import functools
-import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from . import atomic
 
 __all__ = ["TaskData", "build_embedded", "load_embedded", "load_imagenet", "load_segmentation",
            "make_loader", "pad_collate", "EmbeddedDataset", "CITYSCAPES_LABEL_TO_TRAIN",
@@ -85,29 +84,13 @@ class TaskData:
 
 # --------------------------------------------------------------------------- building
 
-def _save_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write ``path`` through a temporary sibling and ``os.replace``: never a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _save_npy(path: Path, array: np.ndarray) -> Path:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-    return _save_atomic(path, write)
+    # a file object: np.save would append ".npy" to a name
+    return atomic.write_with(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
 
 
 def _save_json(path: Path, obj: object) -> Path:
-    return _save_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, sort_keys=True) + "\n"))
+    return atomic.write_json(path, obj, indent=None)
 
 
 @functools.lru_cache(maxsize=1)

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
-from . import alps, baselines, bitconfig, checkpoint, cost, data, eagl, frontier, hessian, jobs, paths
+from . import alps, atomic, baselines, bitconfig, checkpoint, cost, data, eagl, frontier, hessian, jobs, paths
 from .config import Config, ConfigError
 from .networks import build, get_spec
 from .quantized import calibrate, candidate_layers, get_bits, quantize, set_bits
@@ -255,7 +255,7 @@ class Experiment:
             results[name] = {"metric": self.evaluate(qmodel), "val_metric": self.evaluate(qmodel, "val"),
                              "seconds": seconds, "bits": bits}
         if world()[0] == 0:
-            checkpoint.atomic_write_json(out / paths.BASELINES_JSON, results)
+            atomic.write_json(out / paths.BASELINES_JSON, results)
         return results
 
     def recipe(self, kind: str, bits: int | None = None) -> str:
@@ -390,7 +390,7 @@ class Experiment:
                                     "params": [cm["params"][n] for n in all4],
                                     "bits": list(all4.values()), "candidate": [n in cands for n in all4]})
         if world()[0] == 0:
-            checkpoint.atomic_write_text(out / paths.LAYERS_CSV, layer_table.to_csv(index=False))
+            atomic.write_text(out / paths.LAYERS_CSV, layer_table.to_csv(index=False))
         scores: dict[str, Any] = {}
         for m in methods:
             if m == "random":
@@ -431,10 +431,10 @@ class Experiment:
                          "seconds": rec["seconds"], "config": str(config_path)})
         table = pd.DataFrame(rows, columns=list(frontier.RESULT_COLUMNS))
         if world()[0] == 0:
-            checkpoint.atomic_write_text(out / paths.FRONTIER_CSV, table.to_csv(index=False))
+            atomic.write_text(out / paths.FRONTIER_CSV, table.to_csv(index=False))
             float_metric = json.loads((out / paths.BASELINES_JSON).read_text())["float"]["metric"]
             summary = frontier.summarize(table, float_metric)
-            checkpoint.atomic_write_text(out / paths.FRONTIER_SUMMARY_CSV, summary.to_csv(index=False))
+            atomic.write_text(out / paths.FRONTIER_SUMMARY_CSV, summary.to_csv(index=False))
         _barrier()
         return table
 

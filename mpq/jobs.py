@@ -52,7 +52,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write_json
+from . import atomic
 from .data import make_loader
 from .quantized import candidate_layers, get_bits, set_bits
 from .quantizers import qrange
@@ -252,7 +252,7 @@ def _do_job(ctx: JobContext, job: Job) -> dict[str, Any]:
     """Run one job and write its record at once (atomically) when there is a record folder."""
     rec = run_job(ctx, job)  # looked up at call time: tests may wrap it
     if ctx.record_dir is not None:
-        atomic_write_json(record_path(ctx.record_dir, job.name), rec)
+        atomic.write_json(record_path(ctx.record_dir, job.name), rec)
     return rec
 
 

@@ -46,7 +46,7 @@ import pandas as pd
 from scipy import stats
 
 from . import allocate, cost, paths, plots, tables
-from .checkpoint import atomic_write_text
+from . import atomic
 from .frontier import UNIFORM, summarize
 from .sensitivity import allocator_table
 
@@ -707,13 +707,13 @@ def build(results: str | Path, out: str | Path, networks: Sequence[str], *, scal
                 f"{tolerance:g} point(s) of float; compute threshold {ORDERS_OF_MAGNITUDE:g}x.")
 
     metrics = out / "metrics.json"
-    atomic_write_text(metrics, json.dumps(_metrics(nets, summaries, uniforms, facts, tolerance),
+    atomic.write_text(metrics, json.dumps(_metrics(nets, summaries, uniforms, facts, tolerance),
                                                   indent=2, sort_keys=True, allow_nan=False) + "\n")
     items["metrics"] = metrics
     points = pd.concat([summaries[n.network].assign(network=n.network) for n in nets], ignore_index=True)
     points = points[["network", "method", "target", "rel_throughput", "metric_mean", "metric_std", "seeds"]]
     fp = out / "frontier_points.csv"
-    atomic_write_text(fp, points.to_csv(index=False))
+    atomic.write_text(fp, points.to_csv(index=False))
     items["frontier_points"] = fp
     items["index"] = _index(out, items, captions, scale)
     return items
@@ -735,5 +735,5 @@ def _index(out: Path, items: Mapping[str, Path], captions: Mapping[str, str], sc
         else:
             text.append(p.with_suffix(".md").read_text())
     path = out / "index.md"
-    atomic_write_text(path, "\n".join(text))
+    atomic.write_text(path, "\n".join(text))
     return path

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from .checkpoint import atomic_write_json, atomic_write_text
+from . import atomic
 
 __all__ = ["COLUMNS", "CostRecord", "Sensitivity", "device_name", "allocator_table", "SCORE_FLOOR"]
 
@@ -105,8 +105,8 @@ class Sensitivity:
     def save(self, folder: str | Path) -> None:
         """``<method>.csv`` (the table) and ``<method>_cost.json`` (cost record + meta), atomically."""
         folder = Path(folder)
-        atomic_write_text(folder / f"{self.method}.csv", self.table.to_csv(index=False))
-        atomic_write_json(folder / f"{self.method}_cost.json",
+        atomic.write_text(folder / f"{self.method}.csv", self.table.to_csv(index=False))
+        atomic.write_json(folder / f"{self.method}_cost.json",
                           {"cost": asdict(self.cost), "meta": self.meta})
 
     @classmethod

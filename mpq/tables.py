@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .checkpoint import atomic_write_text
+from . import atomic
 
 __all__ = ["format_number", "markdown", "write"]
 
@@ -79,7 +79,7 @@ def write(df: pd.DataFrame, stem: str | Path, *, title: str, caption: str = "",
     """Write ``<stem>.csv`` (``df``) and ``<stem>.md`` (title, caption, ``display`` or ``df``); return the CSV."""
     stem = Path(stem)
     csv, md = stem.with_suffix(".csv"), stem.with_suffix(".md")
-    atomic_write_text(csv, df.to_csv(index=False))
+    atomic.write_text(csv, df.to_csv(index=False))
     body = f"### {title}\n\n" + (f"{caption}\n\n" if caption else "")
-    atomic_write_text(md, body + markdown(df if display is None else display, formats=formats))
+    atomic.write_text(md, body + markdown(df if display is None else display, formats=formats))
     return csv

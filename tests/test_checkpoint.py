@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mpq import checkpoint
+from mpq import atomic, checkpoint
 from mpq.checkpoint import CheckpointError, CheckpointMismatch
 
 
@@ -52,5 +52,5 @@ def test_interrupted_write_keeps_the_old_file(tmp_path):
 
 
 def test_atomic_json(tmp_path):
-    checkpoint.atomic_write_json(tmp_path / "a.json", {"b": 1, "a": [1, 2]})
+    atomic.write_json(tmp_path / "a.json", {"b": 1, "a": [1, 2]})
     assert (tmp_path / "a.json").read_text().startswith('{\n  "a"')
