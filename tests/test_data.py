@@ -1,4 +1,5 @@
-"""Data: the embedded build (determinism, splits, masks), loading, paper-scale layouts, loaders."""
+"""Data: the embedded build (determinism, splits, masks), loading, paper-scale layouts, loaders,
+and ``mpq.data`` as the one entry point to ``mpq.embedded`` and ``mpq.folders``."""
 import json
 from pathlib import Path
 
@@ -10,8 +11,9 @@ from torch.utils.data import TensorDataset
 
 from scipy.ndimage import binary_dilation
 
-from mpq.data import (ADE20K_LABEL_TO_TRAIN, CITYSCAPES_LABEL_TO_TRAIN, MASK_DILATION, build_embedded,
-                      load_embedded, load_imagenet, load_segmentation, make_loader)
+from mpq.data import make_loader
+from mpq.embedded import MASK_DILATION, build_embedded, load_embedded
+from mpq.folders import ADE20K_LABEL_TO_TRAIN, CITYSCAPES_LABEL_TO_TRAIN, load_imagenet, load_segmentation
 
 MEAN, STD = 0.1307, 0.3081
 SPLITS = ("train", "val", "test")
@@ -305,6 +307,17 @@ def test_make_loader_train_is_seeded_and_drops_last():
     assert len(first) == 8 and first != second  # drop_last; a new order each epoch
     assert _indices(make_loader(data, batch_size=4, train=True, seed=3)) == first
     assert _indices(make_loader(data, batch_size=4, train=False)) == list(range(10))
+
+
+# ----------------------------------------------------------------------------- mpq.data
+
+def test_data_reexports_its_submodules():
+    """Callers keep ``from mpq import data; data.load_embedded(...)``: the same objects, one entry point."""
+    from mpq import data, embedded, folders, taskdata
+
+    for module in (taskdata, embedded, folders):
+        for name in module.__all__:
+            assert name in data.__all__ and getattr(data, name) is getattr(module, name), name
 
 
 # ----------------------------------------------------------------------------- DVC pin
