@@ -8,7 +8,7 @@ the task metric suffers when ``l`` alone goes down to ``low_bits``:
    re-initialises its weight and activation steps: the LSQ init);
 2. fine-tune the whole network for ``settings.epochs`` (one epoch in the
    paper's recipe) with ``mpq.train.fit``, from the same seed in every job;
-3. measure the metric (top-1 or mIoU) on ``val``.
+3. measure the metric (top-1 or mIoU) on the validation split.
 
 The score of ``l`` is the metric of the *reference* job minus the metric with
 ``l`` reduced; higher = more harmful to reduce. The reference job is the same
@@ -23,26 +23,27 @@ With ``settings.epochs == 0`` there is no fine-tune at all: the score is the
 plain drop of the metric when ``l`` is reduced (the AIMET-style "no-fine-tune
 drop" baseline; ``method`` defaults to ``"noft"`` then).
 
-``val`` must be a validation split carved from the *training* data, never the
-test split: the scores choose the configuration that is later evaluated on
+The evaluation set of the job context (``ctx.eval_set``) must be a validation
+split carved from the *training* data, never the test split: the scores choose the configuration that is later evaluated on
 the test split, and selecting on the test split would leak it. Carving the
 split is the caller's job (``mpq.data`` does it for every task).
 
 The jobs run on ``mpq.jobs``: serially, in a pool of CPU processes
 (``workers > 1``), or one share per rank under ``torch.distributed`` (one GPU
 per rank, on one or several nodes). Each job's result is written atomically to
-its own file in ``record_dir`` (``<layer>.json``, ``__reference__.json``) the
-moment it exists, by the process that computed it, so that an interrupted run
-loses at most the jobs in flight; a rerun with the same inputs skips the
+its own file in ``ctx.record_dir`` (``<layer>.json``, ``__reference__.json``)
+the moment it exists, by the process that computed it, so that an interrupted
+run loses at most the jobs in flight; a rerun with the same inputs skips the
 finished jobs and returns the identical table. A record carries a key (a hash
 of the starting model's and teacher's tensors, the fine-tune settings,
-``low_bits``, the job's bits and seed and every other input that changes the
-result, see ``mpq.jobs.context_key`` and ``mpq.jobs.job_key``): a record with
-another key (another checkpoint, other settings) is ignored and overwritten,
-and so is a corrupt or truncated one.
+``low_bits``, the method version, the job's bits and seed and every other
+input that changes the result, see ``run_key`` and ``mpq.records``): a record
+with another key (another checkpoint, other settings) is ignored and
+overwritten, and so is a corrupt or truncated one.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,14 +53,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import jobs as _jobs
-from .jobs import RECORD_FORMAT, Job, JobContext, _settings_blob, context_key
+from . import jobs, paths
 from .quantized import candidate_layers, get_bits
 from .quantizers import qrange
+from .records import Job, extend_key, plain_settings
+from .records import record_path as job_record_path
 from .sensitivity import CostRecord, Sensitivity, device_name
-from .train import TASKS, FitSettings
+from .train import TASKS
 
-__all__ = ["scores", "REFERENCE", "RECORD_FORMAT", "METHOD_VERSION", "record_path"]
+__all__ = ["scores", "run", "run_key", "REFERENCE", "METHOD_VERSION", "record_path"]
 
 REFERENCE = "__reference__"  # name (and record file stem) of the reference job
 METHOD_VERSION = "alps-v1"   # part of the key: a change of the recipe invalidates old records
@@ -70,12 +72,23 @@ def record_path(record_dir: str | Path, layer: str | None) -> Path:
 
     Layer names are module names (``layer3.4.conv2``) and are used as they are;
     any other character becomes ``_`` and a short hash of the name is appended
-    so that two sanitised names cannot collide (``mpq.jobs.record_path``).
+    so that two sanitised names cannot collide (``mpq.records.record_path``).
     """
-    return _jobs.record_path(record_dir, REFERENCE if layer is None else layer)
+    return job_record_path(record_dir, REFERENCE if layer is None else layer)
+
+
+def run_key(base_key: str, low_bits: int) -> str:
+    """The key ALPS's job keys build on: ``base_key`` extended with ``low_bits`` and ``METHOD_VERSION``.
+
+    ``base_key`` is the context's ``mpq.records.context_key``; the scores
+    also depend on the precision the layers are reduced to and on the recipe
+    itself, so a change of either gives other keys (``mpq.records.extend_key``).
+    """
+    return extend_key(base_key, {"low_bits": int(low_bits), "method": METHOD_VERSION})
 
 
 def _require_sized(name: str, ds: Dataset, minimum: int, fix: str) -> int:
+    """``len(ds)``; a ``ValueError`` naming ``name`` for a dataset without one or with under ``minimum``."""
     try:
         n = len(ds)  # type: ignore[arg-type]
     except TypeError:
@@ -85,37 +98,40 @@ def _require_sized(name: str, ds: Dataset, minimum: int, fix: str) -> int:
     return n
 
 
-def scores(qmodel: nn.Module, train: Dataset, val: Dataset, *, task: str, num_classes: int,
-           settings: FitSettings, batch_size: int, low_bits: int = 2, layers: Sequence[str] | None = None,
-           teacher: nn.Module | None = None, seed: int = 0, ignore_index: int = 255, workers: int = 1,
-           threads: int | None = None, record_dir: str | Path | None = None,
-           device: str | torch.device = "cpu", progress: bool = True,
+def scores(ctx: jobs.JobContext, *, low_bits: int = 2, seed: int = 0, layers: Sequence[str] | None = None,
+           workers: int = 1, threads: int | None = None, progress: bool = True,
            method: str | None = None) -> Sensitivity:
-    """ALPS sensitivity of every candidate layer of ``qmodel`` (or of ``layers``).
+    """ALPS sensitivity of every candidate layer of ``ctx.model`` (or of ``layers``).
 
-    ``qmodel`` is the starting point (all candidates at their start precision,
-    activation steps calibrated); it is not modified. ``val`` must be a
-    validation split carved from the training data, never the test split.
-    One reference job (nothing reduced) and one job per layer (that layer at
-    ``low_bits``), each fine-tuned with ``settings`` (``settings.epochs`` may
-    be fractional; ``0`` means no fine-tune: the no-fine-tune drop baseline)
-    from ``torch.manual_seed(seed)`` and a loader shuffled with ``seed``, then
-    evaluated on ``val``. ``teacher`` (a float model) is used for distillation
-    when ``settings.distill > 0``.
+    ``ctx`` (``mpq.jobs.JobContext``) holds the inputs: ``model`` is the
+    starting point (all candidates at their start precision, activation steps
+    calibrated; it is not modified), ``teacher`` a float model used for
+    distillation when ``settings.distill > 0``, ``train`` the fine-tune data,
+    ``eval_set`` a validation split carved from the training data (never the
+    test split), and ``settings``, ``task``, ``num_classes``,
+    ``ignore_index``, ``batch_size``, ``device`` (e.g. ``cuda:{local_rank}``),
+    ``record_dir`` and ``base_key`` (``mpq.records.context_key`` of these
+    inputs). One reference job (nothing reduced) and one job per layer (that
+    layer at ``low_bits``), each fine-tuned with ``ctx.settings``
+    (``settings.epochs`` may be fractional; ``0`` means no fine-tune: the
+    no-fine-tune drop baseline) from ``torch.manual_seed(seed)`` and a loader
+    shuffled with ``seed``, then evaluated on ``ctx.eval_set``.
 
-    ``record_dir``: one JSON record per finished job, written atomically;
-    a rerun with the same inputs reuses them (``meta["key"]`` is the run's
-    ``mpq.jobs.context_key``; each record's key adds its job's bits and seed).
-    ``workers > 1`` (CPU only): a pool of spawned processes, each with
-    ``threads`` torch threads (default: this process's threads / ``workers``);
-    with ``workers == 1``, ``threads`` (when given) applies to this process
-    for the duration of the call. Under ``torch.distributed`` (a process group
-    is up) every rank runs the jobs ``[rank::world_size]`` (the reference job
-    counted first) on ``device`` (e.g. ``cuda:{local_rank}``), ``record_dir``
-    is required and shared, and every rank returns the full table. A rank waits
-    for the others' records by polling the folder before the closing
-    collective, so an unbalanced share cannot hit the process group's timeout;
-    if a rank dies, its launcher (torchrun) must end the others.
+    ``ctx.record_dir``: one JSON record per finished job, written atomically;
+    a rerun with the same inputs reuses them. The jobs' keys build on
+    ``run_key(ctx.base_key, low_bits)`` (``meta["key"]``), which adds
+    ``low_bits`` and ``METHOD_VERSION`` to the context's key; each record's
+    key adds its job's bits and seed. ``workers > 1`` (CPU only): a pool of
+    spawned processes, each with ``threads`` torch threads (default: this
+    process's threads / ``workers``); with ``workers == 1``, ``threads`` (when
+    given) applies to this process for the duration of the call. Under
+    ``torch.distributed`` (a process group is up) every rank runs the jobs
+    ``[rank::world_size]`` (the reference job counted first) on
+    ``ctx.device``, ``record_dir`` is required and shared, and every rank
+    returns the full table. A rank waits for the others' records by polling
+    the folder before the closing collective, so an unbalanced share cannot
+    hit the process group's timeout; if a rank dies, its launcher (torchrun)
+    must end the others.
 
     Returns a ``Sensitivity`` (method ``"alps"``, or ``"noft"`` when
     ``settings.epochs == 0``) whose table has the columns ``layer, bits_from,
@@ -132,11 +148,12 @@ def scores(qmodel: nn.Module, train: Dataset, val: Dataset, *, task: str, num_cl
     also need ``torch.use_deterministic_algorithms``, the caller's choice.
     """
     t_start = time.perf_counter()
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}: choose one of {TASKS}")
+    settings, batch_size = ctx.settings, ctx.batch_size
+    if ctx.task not in TASKS:
+        raise ValueError(f"unknown task {ctx.task!r}: choose one of {TASKS}")
     qrange(low_bits, True)  # validates low_bits
-    candidates = candidate_layers(qmodel)  # NotQuantizedError for a float model
-    bits = get_bits(qmodel)
+    candidates = candidate_layers(ctx.model)  # NotQuantizedError for a float model
+    bits = get_bits(ctx.model)
     layers = list(candidates if layers is None else layers)
     unknown = [name for name in layers if name not in bits]
     if unknown:
@@ -154,26 +171,19 @@ def scores(qmodel: nn.Module, train: Dataset, val: Dataset, *, task: str, num_cl
         raise ValueError("layers: a layer is named twice")
     if REFERENCE in layers:
         raise ValueError(f"layers: {REFERENCE!r} is the reference job's name, not a layer")
-    n_val = _require_sized("the validation set", val, 1,
+    n_val = _require_sized("the validation set", ctx.eval_set, 1,
                            "carve a non-empty validation split from the training data")
-    n_train = _require_sized("the training set", train,
+    n_train = _require_sized("the training set", ctx.train,
                              batch_size if settings.epochs > 0 else 0,
                              "use a larger train split or a smaller batch_size")
     method = method or ("noft" if settings.epochs == 0 else "alps")
 
-    # The other arguments (epochs, batch_size, workers, threads, device, distributed) are checked
+    # The other inputs (epochs, batch_size, workers, threads, device, distributed) are checked
     # by mpq.jobs.run before any work.
-    key = context_key(qmodel, teacher=teacher, settings=settings, batch_size=batch_size, task=task,
-                      num_classes=num_classes, ignore_index=ignore_index, train_size=n_train,
-                      eval_size=n_val, extra={"low_bits": int(low_bits), "method": METHOD_VERSION})
-    record_dir = None if record_dir is None else str(record_dir)
-    dev = torch.device(device)
-    ctx = JobContext(model=qmodel, teacher=teacher, train=train, eval_set=val, settings=settings,
-                     task=task, num_classes=num_classes, ignore_index=ignore_index,
-                     batch_size=batch_size, device=str(dev), record_dir=record_dir, base_key=key)
+    key = run_key(ctx.base_key, low_bits)
     job_list = [Job(REFERENCE, {}, seed)] + [Job(name, {name: int(low_bits)}, seed) for name in layers]
-    records, stats = _jobs.run(ctx, job_list, workers=workers, threads=threads, progress=progress,
-                               desc=f"{method} jobs")
+    records, stats = jobs.run(dataclasses.replace(ctx, base_key=key), job_list, workers=workers,
+                              threads=threads, progress=progress, desc=f"{method} jobs")
     jobs_run, jobs_reused = stats["run"], stats["reused"]
     train_samples, val_samples, teacher_samples = (stats["train_samples"], stats["eval_samples"],
                                                    stats["teacher_samples"])
@@ -191,7 +201,7 @@ def scores(qmodel: nn.Module, train: Dataset, val: Dataset, *, task: str, num_cl
         "seconds": [records[name]["seconds"] for name in layers],
         "worker": [records[name]["worker"] for name in layers],
     })
-    devices = stats["devices"] or [device_name(dev)]
+    devices = stats["devices"] or [device_name(torch.device(ctx.device))]
     epochs = float(settings.epochs) * jobs_run
     notes = (f"jobs_run={jobs_run} jobs_reused={jobs_reused} (reference + {len(layers)} layers), "
              f"{settings.epochs} epochs per job; forward = student fine-tune + validation samples"
@@ -203,8 +213,26 @@ def scores(qmodel: nn.Module, train: Dataset, val: Dataset, *, task: str, num_cl
             "reference_metric": ref, "reference_train_loss": reference["train_loss"],
             "reference_seconds": reference["seconds"],
             "reference_worker": reference["worker"], "key": key, "low_bits": low_bits,
-            "seed": seed, "batch_size": batch_size, "task": task, "num_classes": num_classes,
-            "settings": _settings_blob(settings), "train_size": n_train, "val_size": n_val,
-            "record_dir": record_dir,
+            "seed": seed, "batch_size": batch_size, "task": ctx.task, "num_classes": ctx.num_classes,
+            "settings": plain_settings(settings), "train_size": n_train, "val_size": n_val,
+            "record_dir": None if ctx.record_dir is None else str(ctx.record_dir),
             "evaluated_on": "validation split carved from the training data (caller's duty)"}
     return Sensitivity(method, table, cost, meta)
+
+
+def run(exp, *, method: str, qmodel: nn.Module, teacher: nn.Module | None, out, seed: int) -> Sensitivity:
+    """The pipeline's ALPS and no-fine-tune drop (``mpq.methods`` entries ``alps`` and ``noft``).
+
+    ``scores`` from ``qmodel`` on the network's validation split, fine-tuning
+    each job for ``alps.epochs`` (``noft``: no fine-tune) with the quantized
+    recipe, distilling from ``teacher``; one record per job under
+    ``<out>/records/<method>/``.
+    """
+    cfg = exp.cfg
+    epochs = cfg.alps.epochs if method == "alps" else 0.0
+    # the context's key covers the inputs; scores adds low_bits and METHOD_VERSION (run_key)
+    ctx = jobs.experiment_context(exp, qmodel, teacher, epochs=epochs, eval_split="val",
+                                  record_dir=Path(out) / paths.RECORDS / method, extra={})
+    workers = exp.workers(cfg.alps.workers)
+    return scores(ctx, low_bits=cfg.quant.low_bits, seed=seed, workers=workers,
+                  threads=exp.threads_per_worker(workers), progress=exp.progress, method=method)

@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import config
+from . import config, methods
+from .cost import COSTS
 
 __all__ = ["main", "build_parser"]
 
@@ -42,10 +43,13 @@ def _cmd_baselines(args: argparse.Namespace) -> None:
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> None:
-    from .experiment import SENSITIVITY_METHODS, Experiment
+    from . import methods as registry
+    from .experiment import Experiment
 
     cfg = config.load(args.params)
-    methods = args.method or list(SENSITIVITY_METHODS)
+    methods = args.method or registry.names()
+    for name in methods:  # every name checked before any work
+        registry.get(name)
     for network in args.network or cfg.networks:
         exp = Experiment(cfg, network, progress=not args.quiet)
         for method in methods:
@@ -55,12 +59,13 @@ def _cmd_sensitivity(args: argparse.Namespace) -> None:
 
 
 def _cmd_frontier(args: argparse.Namespace) -> None:
+    from . import frontier_run
     from .experiment import Experiment
 
     cfg = config.load(args.params)
     for network in args.network or cfg.networks:
         exp = Experiment(cfg, network, progress=not args.quiet)
-        table = exp.frontier(args.out and Path(args.out) / network)
+        table = frontier_run.run(exp, args.out and Path(args.out) / network)
         _say(f"{network}: {len(table)} frontier points\n"
              + table.groupby(["method", "target"])["metric"].mean().round(2).to_string())
 
@@ -103,6 +108,17 @@ def _cmd_allocate(args: argparse.Namespace) -> None:
           f"{alloc.relative:.3f}x (asked {args.budget}x)")
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> None:
+    from . import pipeline
+
+    if args.check:
+        if Path(pipeline.DVC_YAML).read_text() != pipeline.render():
+            raise ValueError(f"{pipeline.DVC_YAML} is stale: run `python -m mpq pipeline` and commit it")
+        print(f"{pipeline.DVC_YAML} is up to date")
+        return
+    print(f"{pipeline.DVC_YAML} {'written' if pipeline.write() else 'unchanged'}")
+
+
 def _step(sub, name: str, text: str, func) -> argparse.ArgumentParser:
     """A pipeline step's sub-command, with the options every step shares."""
     p = sub.add_parser(name, help=text)
@@ -126,14 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     _step(sub, "baselines", "train float, uniform start_bits and low_bits models", _cmd_baselines)
     s = _step(sub, "sensitivity", "score every candidate layer (needs the baselines' checkpoints)",
               _cmd_sensitivity)
-    s.add_argument("--method", action="append", help="eagl, alps, hessian, noft or random (repeatable; default: all)")
+    s.add_argument("--method", action="append",
+                   help=f"{', '.join(methods.names())} (repeatable; default: all)")
     _step(sub, "frontier", "fine-tune and evaluate every (method, budget, seed) configuration", _cmd_frontier)
+
+    pl = sub.add_parser("pipeline", help="write dvc.yaml from the registries and the notebooks' imports")
+    pl.add_argument("--check", action="store_true", help="only check that dvc.yaml is up to date")
+    pl.set_defaults(func=_cmd_pipeline)
 
     a = sub.add_parser("allocate", help="EAGL + allocator on a torchvision model -> bit-configuration file")
     a.add_argument("--model", required=True, help="torchvision model name, e.g. resnet50")
     a.add_argument("--budget", type=float, required=True, help="relative target vs all start-bits (e.g. 1.5)")
-    a.add_argument("--cost", default="throughput", choices=["throughput", "bops", "size"])
-    a.add_argument("--variant", default="entropy", choices=["entropy", "entropy_x_params", "entropy_drop"])
+    a.add_argument("--cost", default="throughput", choices=list(COSTS))
+    a.add_argument("--variant", default="entropy", choices=list(methods.get("eagl").variants))
     a.add_argument("--weights", default=None, help="a state-dict file for the model (LSQ-trained 4-bit is best)")
     a.add_argument("--pretrained", action="store_true", help="torchvision's default weights (needs them cached)")
     a.add_argument("--num-classes", type=int, default=1000)

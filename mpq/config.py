@@ -1,9 +1,16 @@
-"""Settings: ``params.yaml`` loaded into frozen dataclasses, validated on load.
+"""Settings: ``params.yaml`` plus its scale's overlay, loaded into frozen dataclasses.
 
-One file holds a whole preset (``params.yaml`` = the embedded default;
-``presets/tiny.yaml`` and ``presets/paper.yaml`` are the others). Every key is
+``params.yaml`` holds every setting of the embedded default. Its ``scale`` key
+names a preset: ``presets/<scale>.yaml`` (beside the params file) is a small
+overlay whose values replace the matching ones (mappings merge key by key,
+everything else is replaced), so ``tiny`` and ``paper`` state only what differs
+and switching scale is one key: ``dvc exp run -S scale=tiny``. Every key is
 required and every unknown key is an error, so a typo never silently falls back
 to a default: ``ConfigError`` gives one line naming the key and the fix.
+
+Each selection method with settings has its own top-level section, declared in
+its registry entry (``mpq.methods``): ``cfg.eagl``, ``cfg.alps``, ... are those
+sections, parsed into the entry's dataclass.
 """
 from __future__ import annotations
 
@@ -18,20 +25,18 @@ from typing import Any
 
 import yaml
 
+from . import methods
+from .cost import COSTS
+from .errors import ConfigError
+from .errors import check as _check
 from .networks import NETWORKS
 
-__all__ = ["ConfigError", "Config", "NetworkConfig", "load", "from_dict", "DEFAULT_PARAMS"]
+__all__ = ["ConfigError", "Config", "NetworkConfig", "ReportConfig", "load", "from_dict", "merge",
+           "DEFAULT_PARAMS", "PRESETS", "SCALES"]
 
 DEFAULT_PARAMS = "params.yaml"
-
-
-class ConfigError(ValueError):
-    """A bad settings file or value; the message names the key."""
-
-
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {msg}")
+PRESETS = "presets"              # overlay folder, beside the params file
+SCALES = ("tiny", "embedded", "paper")
 
 
 @dataclass(frozen=True)
@@ -112,43 +117,13 @@ class QuantConfig:
 
 
 @dataclass(frozen=True)
-class EaglConfig:
-    variant: str                 # entropy | entropy_x_params | entropy_drop
-
-    def validate(self, key: str) -> None:
-        choices = ("entropy", "entropy_x_params", "entropy_drop")
-        _check(self.variant in choices, f"{key}.variant", f"must be one of {list(choices)}, got {self.variant!r}")
-
-
-@dataclass(frozen=True)
-class AlpsConfig:
-    epochs: float                # fine-tune per layer job (1 = one epoch of the training split)
-    workers: int                 # parallel CPU worker processes (GPUs: one torchrun rank each)
-
-    def validate(self, key: str) -> None:
-        _check(self.epochs > 0, f"{key}.epochs", f"must be > 0, got {self.epochs} (epochs 0 is the noft baseline)")
-        _check(self.workers >= 1, f"{key}.workers", f"must be >= 1, got {self.workers}")
-
-
-@dataclass(frozen=True)
-class HessianConfig:
-    samples: int                 # Hutchinson probe vectors
-    batches: int                 # training batches the loss is averaged over
-
-    def validate(self, key: str) -> None:
-        _check(self.samples >= 2, f"{key}.samples", f"must be >= 2, got {self.samples}")
-        _check(self.batches >= 1, f"{key}.batches", f"must be >= 1, got {self.batches}")
-
-
-@dataclass(frozen=True)
 class AllocateConfig:
     cost: str                    # throughput | bops | size
     points: int                  # budgets between all-start_bits (1.0x) and all-low_bits
     solver: str                  # milp | greedy
 
     def validate(self, key: str) -> None:
-        _check(self.cost in ("throughput", "bops", "size"), f"{key}.cost",
-               f"must be throughput, bops or size, got {self.cost!r}")
+        _check(self.cost in COSTS, f"{key}.cost", f"must be one of {list(COSTS)}, got {self.cost!r}")
         _check(self.points >= 2, f"{key}.points", f"must be >= 2, got {self.points}")
         _check(self.solver in ("milp", "greedy"), f"{key}.solver", f"must be milp or greedy, got {self.solver!r}")
 
@@ -161,17 +136,27 @@ class FrontierConfig:
     workers: int
 
     def validate(self, key: str) -> None:
-        choices = ("eagl", "alps", "hessian", "noft", "random")
-        bad = [m for m in self.methods if m not in choices]
-        _check(not bad, f"{key}.methods", f"unknown method {bad[:1]}; choose from {list(choices)}")
+        bad = [m for m in self.methods if m not in methods.METHODS]
+        _check(not bad, f"{key}.methods", f"unknown method {bad[:1]}; choose from {methods.names()}")
+        _check(len(set(self.methods)) == len(self.methods), f"{key}.methods", "a method is listed twice")
         _check(self.epochs >= 0, f"{key}.epochs", "must be >= 0")
         _check(len(self.seeds) >= 1, f"{key}.seeds", "needs at least one seed")
         _check(self.workers >= 1, f"{key}.workers", f"must be >= 1, got {self.workers}")
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    tolerance: float             # C1/C3 "recovers float": within this many points of float's metric
+    compute_factor: float        # C4 "orders of magnitude less compute": at least this ratio
+
+    def validate(self, key: str) -> None:
+        _check(self.tolerance >= 0, f"{key}.tolerance", f"must be >= 0, got {self.tolerance}")
+        _check(self.compute_factor > 1, f"{key}.compute_factor", f"must be > 1, got {self.compute_factor}")
+
+
+@dataclass(frozen=True)
 class Config:
-    scale: str                   # embedded | paper (a label for reports)
+    scale: str                   # tiny | embedded | paper: names the overlay presets/<scale>.yaml
     seed: int
     device: str                  # auto | cpu | cuda
     threads: int                 # torch CPU threads per process (0: torch's default)
@@ -180,16 +165,22 @@ class Config:
     train: TrainConfig
     quant: QuantConfig
     network: dict[str, NetworkConfig]
-    eagl: EaglConfig
-    alps: AlpsConfig
-    hessian: HessianConfig
     allocate: AllocateConfig
     frontier: FrontierConfig
-    source: str = field(default="", compare=False)
+    report: ReportConfig
+    methods: dict[str, Any] = field(default_factory=dict, metadata={"from_file": False})  # method sections
+    source: str = field(default="", compare=False, metadata={"from_file": False})
+
+    def __getattr__(self, name: str) -> Any:
+        """A method's section as an attribute: ``cfg.alps.epochs``."""
+        sections = self.__dict__.get("methods") or {}
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"Config has no setting {name!r}")
 
     def validate(self, key: str = "") -> None:
-        _check(self.scale in ("tiny", "embedded", "paper"), "scale",
-               f"must be tiny, embedded or paper, got {self.scale!r}")
+        _check(self.scale in SCALES, "scale", f"must be one of {list(SCALES)}, got {self.scale!r}")
+        _check(len(self.networks) >= 1, "networks", "must list at least one network")
         _check(self.device in ("auto", "cpu", "cuda"), "device",
                f"must be auto, cpu or cuda, got {self.device!r}")
         _check(self.threads >= 0, "threads", "must be >= 0")
@@ -199,8 +190,10 @@ class Config:
         for n, nc in self.network.items():
             _check(n in NETWORKS, f"network.{n}", f"unknown network; choose from {sorted(NETWORKS)}")
             nc.validate(f"network.{n}")
-        for name in ("data", "train", "quant", "eagl", "alps", "hessian", "allocate", "frontier"):
+        for name in ("data", "train", "quant", "allocate", "frontier", "report"):
             getattr(self, name).validate(name)
+        for name, section in self.methods.items():
+            section.validate(name)
 
     def net(self, name: str) -> NetworkConfig:
         """Settings of network ``name``; a clear error for one this preset does not configure."""
@@ -212,6 +205,7 @@ class Config:
     def fingerprint(self, *parts: str) -> str:
         """A short hash of some top-level sections, to tie results to the settings they used."""
         d = dataclasses.asdict(self)
+        d.update(d.pop("methods"))
         blob = json.dumps({p: d[p] for p in parts}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -254,11 +248,14 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 
 
 def from_dict(cls: type, data: Any, key: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping: every field required, no unknown key."""
+    """Build dataclass ``cls`` from a mapping: every field required, no unknown key.
+
+    Fields with ``metadata={"from_file": False}`` are not read from the mapping.
+    """
     where = key or "params"
     _check(isinstance(data, dict), where, f"must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "source"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.metadata.get("from_file", True)}
     for k in data:
         _check(k in fields, f"{key}.{k}" if key else k,
                f"unknown key; expected one of {sorted(fields)}")
@@ -273,16 +270,69 @@ def from_dict(cls: type, data: Any, key: str = "") -> Any:
     return cls(**values)
 
 
-def load(path: str | Path = DEFAULT_PARAMS) -> Config:
-    """Load and validate a preset file."""
+def config_from_dict(raw: Any, source: str = "") -> Config:
+    """A validated ``Config`` from a complete settings mapping (overlay already applied).
+
+    The sections of the registered methods (``mpq.methods``) are parsed into
+    their entries' dataclasses; every other key is a field of ``Config``.
+    """
+    _check(isinstance(raw, dict), source or "params", "must hold a mapping of settings")
+    raw = dict(raw)
+    sections: dict[str, Any] = {}
+    for m in methods.METHODS.values():
+        if m.section is None or m.section in sections:
+            continue
+        _check(m.section in raw, m.section, f"missing key: the settings of method {m.name!r}")
+        sections[m.section] = from_dict(m.settings, raw.pop(m.section), m.section)
+    cfg = dataclasses.replace(from_dict(Config, raw), methods=sections, source=source)
+    cfg.validate()
+    return cfg
+
+
+def merge(base: Any, overlay: Any) -> Any:
+    """``overlay`` on ``base``: mappings merge key by key (recursively); any other value replaces."""
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        out = dict(base)
+        for k, v in overlay.items():
+            out[k] = merge(base[k], v) if k in base else v
+        return out
+    return overlay
+
+
+def _read_yaml(p: Path) -> Any:
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def overlay_path(params: str | Path, scale: str) -> Path:
+    """Where the overlay of ``scale`` lives for a params file: ``<its folder>/presets/<scale>.yaml``."""
+    return Path(params).parent / PRESETS / f"{scale}.yaml"
+
+
+def resolve(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """The settings mapping of a params file with its scale's overlay applied (not validated)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: settings file not found; run from the repository root or pass --params")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    raw = _read_yaml(p)
     _check(isinstance(raw, dict), str(p), "must hold a mapping of settings")
-    cfg = dataclasses.replace(from_dict(Config, raw), source=str(p))
-    cfg.validate()
-    return cfg
+    scale = raw.get("scale")
+    _check(scale in SCALES, f"{p}: scale", f"must be one of {list(SCALES)}, got {scale!r}")
+    over = overlay_path(p, scale)
+    if not over.is_file():
+        # the embedded default is params.yaml itself; its overlay file may be absent
+        _check(scale == "embedded", f"{p}: scale", f"the overlay {over} of scale {scale!r} is missing: "
+               f"keep the {PRESETS}/ folder beside the params file")
+        return raw
+    layer = _read_yaml(over)
+    layer = {} if layer is None else layer
+    _check(isinstance(layer, dict), str(over), "must hold a mapping of settings")
+    _check("scale" not in layer, f"{over}: scale", "an overlay must not set scale (its file name is the scale)")
+    return merge(raw, layer)  # a key the base lacks stays, and validation names it as unknown
+
+
+def load(path: str | Path = DEFAULT_PARAMS) -> Config:
+    """Load a params file, apply its scale's overlay, validate."""
+    return config_from_dict(resolve(path), source=str(path))

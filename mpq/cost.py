@@ -1,6 +1,6 @@
 """Cost model: per-layer MACs and parameters, and the cost of a bit assignment.
 
-Three costs (DESIGN.md section 2), all "lower is better" and all additive over
+Three costs (defined in docs/methods.md), all "lower is better" and all additive over
 layers, so the allocator can treat them alike:
 
 - ``throughput``: the time of a layer is proportional to ``MACs / speedup(b)``

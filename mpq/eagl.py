@@ -26,7 +26,7 @@ from .quantized import candidate_layers, quant_layers
 from .quantizers import lsq_codes, lsq_init_step, qrange
 from .sensitivity import CostRecord, Sensitivity, device_name
 
-__all__ = ["VARIANTS", "weight_entropy", "code_entropy", "scores"]
+__all__ = ["VARIANTS", "weight_entropy", "code_entropy", "scores", "variant_scores", "run"]
 
 VARIANTS = ("entropy", "entropy_x_params", "entropy_drop")
 
@@ -77,11 +77,35 @@ def scores(qmodel: nn.Module, *, variant: str = "entropy", low_bits: int = 2) ->
             else w.abs().mean()
         # every variant's ingredients are kept, so the report can ablate the variants
         row["entropy_low"] = _entropy(_weight_histogram(w, lsq_init_step(abs_mean, low_bits, True), low_bits))
-        row["score"] = {"entropy": h, "entropy_x_params": h * w.numel(),
-                        "entropy_drop": h - row["entropy_low"]}[variant]
         rows.append(row)
+    table = pd.DataFrame(rows)
+    table["score"] = variant_scores(table, variant).to_numpy()
     seconds = time.perf_counter() - t0
     device = next(qmodel.parameters()).device
     cost = CostRecord(method="eagl", seconds=seconds, device=device_name(device),
                       notes="data-free: one pass over the candidate layers' weights")
-    return Sensitivity("eagl", pd.DataFrame(rows), cost, meta={"variant": variant})
+    return Sensitivity("eagl", table, cost, meta={"variant": variant})
+
+
+def variant_scores(table: pd.DataFrame, variant: str) -> pd.Series:
+    """A variant's score per layer (indexed by layer) from the ingredients an EAGL table keeps.
+
+    ``table`` is an ``eagl.csv`` table (any ``variant``): it has ``entropy``,
+    ``params`` and ``entropy_low`` for every layer, so every variant can be
+    recomputed from it without the model (the report's ablation does).
+    """
+    need = {"entropy": ["entropy"], "entropy_x_params": ["entropy", "params"],
+            "entropy_drop": ["entropy", "entropy_low"]}
+    if variant not in need:
+        raise ValueError(f"unknown EAGL variant {variant!r}: choose one of {list(VARIANTS)}")
+    missing = [c for c in need[variant] if c not in table.columns]
+    if missing:
+        raise ValueError(f"the EAGL table lacks {missing} (variant {variant}): rerun `mpq sensitivity --method eagl`")
+    t = table.set_index(table["layer"].astype(str))
+    return {"entropy": t["entropy"], "entropy_x_params": t["entropy"] * t["params"],
+            "entropy_drop": t["entropy"] - t["entropy_low"]}[variant].astype(float)
+
+
+def run(exp, *, method: str, qmodel: nn.Module, teacher: nn.Module | None, out, seed: int) -> Sensitivity:
+    """The pipeline's EAGL (``mpq.methods`` entry): ``scores`` with the preset's variant."""
+    return scores(qmodel, variant=exp.cfg.eagl.variant, low_bits=exp.cfg.quant.low_bits)

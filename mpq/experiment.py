@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -25,16 +24,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
-from . import alps, atomic, baselines, bitconfig, checkpoint, cost, data, eagl, frontier, hessian, jobs, paths
+from . import atomic, checkpoint, data, methods, paths
 from .config import Config, ConfigError
 from .networks import build, get_spec
 from .quantized import calibrate, candidate_layers, get_bits, quantize, set_bits
 from .sensitivity import Sensitivity
 from .train import FitSettings, evaluate, fit, resolve_device
 
-__all__ = ["Experiment", "setup_torch", "task_data", "world", "SENSITIVITY_METHODS"]
-
-SENSITIVITY_METHODS = ("eagl", "alps", "hessian", "noft", "random")
+__all__ = ["Experiment", "setup_torch", "task_data", "world", "barrier"]
 
 
 def task_data(cfg: Config, network: str) -> data.TaskData:
@@ -94,7 +91,8 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def _barrier() -> None:
+def barrier() -> None:
+    """Wait for every rank (a no-op without a process group)."""
     if world()[1] > 1:
         dist.barrier()
 
@@ -293,7 +291,7 @@ class Experiment:
         """Rank 0 writes the checkpoint; every rank waits for it (replicas are identical under DDP)."""
         if world()[0] == 0:
             checkpoint.save(path, model, meta)
-        _barrier()
+        barrier()
 
     # ---- sensitivity ------------------------------------------------------------------------
     def start_models(self, outdir: str | Path | None = None) -> tuple[nn.Module, nn.Module]:
@@ -316,138 +314,30 @@ class Experiment:
     def sensitivity(self, method: str, outdir: str | Path | None = None) -> Sensitivity:
         """Score every candidate layer with ``method`` from the all-``start_bits`` checkpoint.
 
-        Writes ``sensitivity/<method>.csv`` and ``<method>_cost.json`` under the
-        network's results; ALPS and noft keep one record per layer job under
-        ``records/<method>/`` so an interrupted run resumes where it stopped.
+        ``method`` is a name in the method registry (``mpq.methods``), whose
+        entry says how it is computed. Writes ``sensitivity/<method>.csv`` and
+        ``<method>_cost.json`` under the network's results (rank 0); methods made
+        of jobs (ALPS, noft) keep one record per job under ``records/<method>/``
+        so an interrupted run resumes where it stopped.
         """
-        if method not in SENSITIVITY_METHODS:
-            raise ValueError(f"unknown method {method!r}: choose one of {list(SENSITIVITY_METHODS)}")
+        compute = methods.compute_function(method)
         out = Path(outdir) if outdir is not None else paths.network_dir(self.network)
         qmodel, fmodel = self.start_models(out)
-        low, cfg = self.cfg.quant.low_bits, self.cfg
-        if method == "eagl":
-            result = eagl.scores(qmodel, variant=cfg.eagl.variant, low_bits=low)
-        elif method == "random":
-            result = baselines.random_scores(candidate_layers(qmodel), seed=cfg.seed,
-                                             bits_from=cfg.quant.start_bits, bits_to=low)
-        elif method == "hessian":
-            batches = [b for _, b in zip(range(cfg.hessian.batches), self.loader("train", train=False,
-                                                                                 sharded=False))]
-            result = hessian.scores(qmodel, batches, loss_fn=self.loss_fn, samples=cfg.hessian.samples,
-                                    seed=cfg.seed, low_bits=low, device=self.device)
-        else:  # alps, and noft = ALPS without fine-tuning
-            epochs = cfg.alps.epochs if method == "alps" else 0.0
-            workers = cfg.alps.workers if self.device.type == "cpu" and world()[1] == 1 else 1
-            result = alps.scores(
-                qmodel, self.data.train, self.data.val, task=self.data.task,
-                num_classes=self.data.num_classes, settings=self.fit_settings("quant", epochs=epochs),
-                batch_size=self.net.batch_size, low_bits=low, teacher=fmodel, seed=cfg.seed,
-                ignore_index=self.data.ignore_index, workers=workers,
-                threads=max(1, (cfg.threads or torch.get_num_threads()) // workers),
-                record_dir=out / paths.RECORDS / method, device=self.device, progress=self.progress,
-                method=method)
-        result.meta.update(network=self.network, width=self.net.width, scale=cfg.scale)
+        result = compute(self, method=method, qmodel=qmodel, teacher=fmodel, out=out, seed=self.cfg.seed)
+        if result.method != method:
+            raise ValueError(f"method {method!r} computed a table named {result.method!r}; its registry "
+                             "entry's compute function must return a Sensitivity named after the method")
+        result.meta.update(network=self.network, width=self.net.width, scale=self.cfg.scale)
         if world()[0] == 0:
             result.save(out / paths.SENSITIVITY)
-        _barrier()
+        barrier()
         return result
 
-    # ---- cost model and frontier ------------------------------------------------------------
-    def cost_model(self, qmodel: nn.Module) -> dict[str, Any]:
-        """Per-layer MACs/params and the allocator's cost table for ``allocate.cost``.
+    def workers(self, configured: int) -> int:
+        """Worker processes for job-parallel steps: ``configured`` on one CPU process, else 1
+        (on GPUs and under torchrun the ranks share the jobs instead)."""
+        return configured if self.device.type == "cpu" and world()[1] == 1 else 1
 
-        Returns ``{"macs", "params", "table", "fixed_cost"}``: ``table`` covers the
-        candidate layers at ``start_bits``/``low_bits``; ``fixed_cost`` is the cost of
-        the layers kept at ``keep_bits`` (so relative values are for the whole network).
-        """
-        q, kind = self.cfg.quant, self.cfg.allocate.cost
-        macs = cost.layer_macs(qmodel, self.example_input().to(self.device))
-        params = cost.layer_params(qmodel)
-        bits = get_bits(qmodel)
-        cands = candidate_layers(qmodel)
-        fixed = {n: b for n, b in bits.items() if n not in cands}
-        return {"macs": macs, "params": params,
-                "table": cost.layer_costs(kind, macs, params, cands, [q.start_bits, q.low_bits]),
-                "fixed_cost": cost.total_cost(kind, fixed, macs, params)}
-
-    def frontier(self, outdir: str | Path | None = None, methods: tuple[str, ...] | None = None) -> pd.DataFrame:
-        """Fine-tune every frontier configuration and evaluate it on the test split.
-
-        Needs the baselines and the sensitivity tables of ``frontier.methods``.
-        Writes ``frontier.csv`` (one row per configuration and seed),
-        ``frontier_summary.csv`` and one bit-configuration file per configuration
-        under ``configs/``; every finished job is a record under
-        ``records/frontier/``, so a rerun computes only what is missing.
-        """
-        out = Path(outdir) if outdir is not None else paths.network_dir(self.network)
-        cfg, q = self.cfg, self.cfg.quant
-        methods = cfg.frontier.methods if methods is None else methods
-        qmodel, fmodel = self.start_models(out)
-        cm = self.cost_model(qmodel)
-        cands = candidate_layers(qmodel)
-        all4 = get_bits(qmodel)
-        layer_table = pd.DataFrame({"layer": list(all4), "macs": [cm["macs"][n] for n in all4],
-                                    "params": [cm["params"][n] for n in all4],
-                                    "bits": list(all4.values()), "candidate": [n in cands for n in all4]})
-        if world()[0] == 0:
-            atomic.write_text(out / paths.LAYERS_CSV, layer_table.to_csv(index=False))
-        scores: dict[str, Any] = {}
-        for m in methods:
-            if m == "random":
-                scores[m] = lambda seed: baselines.random_scores(
-                    cands, seed=seed, bits_from=q.start_bits, bits_to=q.low_bits).for_allocator()
-            else:
-                scores[m] = Sensitivity.load(out / paths.SENSITIVITY, m).for_allocator()
-        plan = frontier.plan(scores, cm["table"], points=cfg.allocate.points, seeds=cfg.frontier.seeds,
-                             start_bits=q.start_bits, low_bits=q.low_bits, fixed_cost=cm["fixed_cost"],
-                             solver=cfg.allocate.solver)
-        ckpt = str(out / paths.uniform_ckpt(q.start_bits))
-        job_list, info = [], {}
-        for point in plan:
-            bits = {**all4, **point.bits}
-            pred = cost.summary(bits, all4, cm["macs"], cm["params"])
-            config_path = out / paths.CONFIGS / f"{point.method}-t{point.target:.4f}" \
-                f"{'-s%d' % point.seeds[0] if point.method == 'random' else ''}.yaml"
-            if world()[0] == 0:
-                bitconfig.save_bits(config_path, bits, network=self.network, method=point.method,
-                                    cost_model=cfg.allocate.cost, target=round(point.target, 6),
-                                    predicted={k: round(v, 6) for k, v in pred.items()}, checkpoint=ckpt)
-            for seed in point.seeds:
-                job = jobs.Job(point.name(seed), dict(point.bits), seed)
-                job_list.append(job)
-                info[job.name] = (point, seed, pred, config_path, sum(b == q.low_bits for b in point.bits.values()))
-        ctx = self.job_context(qmodel, fmodel, epochs=cfg.frontier.epochs, eval_split="test",
-                               record_dir=out / paths.RECORDS / "frontier", extra={"step": "frontier-v1"})
-        workers = cfg.frontier.workers if self.device.type == "cpu" and world()[1] == 1 else 1
-        records, _ = jobs.run(ctx, job_list, workers=workers,
-                              threads=max(1, (cfg.threads or torch.get_num_threads()) // workers),
-                              progress=self.progress, desc=f"{self.network} frontier")
-        rows = []
-        for name, (point, seed, pred, config_path, n_low) in info.items():
-            rec = records[name]
-            rows.append({"network": self.network, "method": point.method, "target": point.target, "seed": seed,
-                         "rel_throughput": pred["rel_throughput"], "gbops": pred["gbops"],
-                         "size_mb": pred["size_mb"], "n_low": n_low, "metric": rec["metric"],
-                         "seconds": rec["seconds"], "config": str(config_path)})
-        table = pd.DataFrame(rows, columns=list(frontier.RESULT_COLUMNS))
-        if world()[0] == 0:
-            atomic.write_text(out / paths.FRONTIER_CSV, table.to_csv(index=False))
-            float_metric = json.loads((out / paths.BASELINES_JSON).read_text())["float"]["metric"]
-            summary = frontier.summarize(table, float_metric)
-            atomic.write_text(out / paths.FRONTIER_SUMMARY_CSV, summary.to_csv(index=False))
-        _barrier()
-        return table
-
-    def job_context(self, qmodel: nn.Module, teacher: nn.Module | None, *, epochs: float, eval_split: str,
-                    record_dir: Path, extra: dict[str, Any]) -> jobs.JobContext:
-        """A job context over this network's data with the quantized fine-tune recipe."""
-        settings = self.fit_settings("quant", epochs=epochs)
-        train, eval_set = self.data.train, getattr(self.data, eval_split)
-        key = jobs.context_key(qmodel, teacher=teacher, settings=settings, batch_size=self.net.batch_size,
-                               task=self.data.task, num_classes=self.data.num_classes,
-                               ignore_index=self.data.ignore_index, train_size=len(train),
-                               eval_size=len(eval_set), extra=extra)
-        return jobs.JobContext(model=qmodel, teacher=teacher, train=train, eval_set=eval_set, settings=settings,
-                               task=self.data.task, num_classes=self.data.num_classes,
-                               ignore_index=self.data.ignore_index, batch_size=self.net.batch_size,
-                               device=str(self.device), record_dir=str(record_dir), base_key=key)
+    def threads_per_worker(self, workers: int) -> int:
+        """Torch threads each of ``workers`` worker processes gets (the preset's threads shared)."""
+        return max(1, (self.cfg.threads or torch.get_num_threads()) // workers)

@@ -6,7 +6,7 @@ targets between all-``start_bits`` (1.0x) and all-``low_bits``; the two ends
 are the uniform configurations and are shared by every method (the
 ``uniform`` points). Each configuration is then fine-tuned with the same LSQ
 recipe and epochs from the all-``start_bits`` checkpoint and evaluated on the
-test split, for several seeds (``mpq.experiment.Experiment.frontier`` runs the
+test split, for several seeds (``mpq.frontier_run.run`` runs the
 jobs through ``mpq.jobs``, resumable and parallel).
 
 Summaries, per method: the metric at each matched target (mean and spread
@@ -49,11 +49,11 @@ class Point:
 def plan(scores: Mapping[str, Callable[[int], Mapping[str, Mapping[int, float]]] | Mapping[str, Mapping[int, float]]],
          cost: Mapping[str, Mapping[int, float]], *, points: int, seeds: Sequence[int],
          start_bits: int, low_bits: int, fixed_cost: float = 0.0, solver: str = "milp",
-         per_seed: Sequence[str] = ("random",)) -> list[Point]:
+         per_seed: Sequence[str] = ()) -> list[Point]:
     """All configurations of the frontier.
 
     ``scores[method]`` is the allocator's sensitivity table ``{layer: {bits: s}}``,
-    or, for the methods in ``per_seed`` (random selection), a function of the
+    or, for the methods in ``per_seed`` (e.g. random selection), a function of the
     seed returning one (a different random selection per seed). ``points``
     interior targets are spaced evenly between 1.0x and the all-``low_bits``
     value; the ends are the ``uniform`` points, shared by every method.

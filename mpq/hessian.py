@@ -53,7 +53,7 @@ from .quantized import candidate_layers, float_view, quant_layers
 from .quantizers import lsq_init_step, lsq_quantize, qrange
 from .sensitivity import CostRecord, Sensitivity, device_name
 
-__all__ = ["layer_traces", "scores"]
+__all__ = ["layer_traces", "scores", "run"]
 
 Batch = tuple[Any, Any]
 LossFn = Callable[[Any, Any], Tensor]
@@ -291,3 +291,13 @@ def scores(qmodel: nn.Module, batches: Iterable[Batch], *, loss_fn: LossFn, samp
             "low_bits": low_bits, "estimator": "Hutchinson, Rademacher, one joint vector over layers",
             "hessian_of": "float view (quantizers off), eval mode"}
     return Sensitivity("hessian", pd.DataFrame(rows), cost, meta)
+
+
+def run(exp, *, method: str, qmodel: nn.Module, teacher: nn.Module | None, out, seed: int) -> Sensitivity:
+    """The pipeline's Hessian baseline (``mpq.methods`` entry): ``scores`` on the first
+    ``hessian.batches`` training batches (unshuffled, the whole split on every rank)."""
+    cfg = exp.cfg
+    loader = exp.loader("train", train=False, sharded=False)
+    batches = [b for _, b in zip(range(cfg.hessian.batches), loader)]
+    return scores(qmodel, batches, loss_fn=exp.loss_fn, samples=cfg.hessian.samples, seed=seed,
+                  low_bits=cfg.quant.low_bits, device=exp.device)

@@ -17,31 +17,23 @@ validation split carved from the training data) and the accuracy-throughput
 frontier (one job per selected configuration, a full bits assignment,
 evaluated on the test split).
 
-Jobs are independent, so they run in parallel: in a pool of spawned CPU
-processes (``workers > 1``), or one share per rank under ``torch.distributed``
-(one device per rank, on one or several nodes). Each job's result is written
-atomically to its own JSON file in ``record_dir`` the moment it exists, by the
-process that computed it, so that an interrupted run loses at most the jobs in
-flight; a rerun with the same inputs skips the finished jobs and returns the
-identical records. A record carries a key: the hash of everything its result
-depends on (the starting model's and teacher's tensors and precisions, the
-fine-tune settings and the other inputs, see ``context_key``, plus the job's
-bits and seed, see ``job_key``). A record with another key (another checkpoint,
-other settings, another seed, other bits under the same name) is ignored and
-overwritten, and so is a corrupt or truncated one.
+``run`` runs a list of independent jobs: serially, in a pool of spawned CPU
+processes (``workers > 1``, ``mpq.pool``), or one share per rank under
+``torch.distributed`` (one device per rank, on one or several nodes). Each
+job's record is written atomically to ``record_dir`` the moment it exists, by
+the process that computed it, so an interrupted run loses at most the jobs in
+flight and a rerun with the same inputs returns the identical records. The
+records, their keys and files are ``mpq.records``; its ``Job`` and
+``context_key`` are re-exported here: with ``JobContext`` and ``run``, all a
+caller needs to build and run jobs.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import math
-import pickle
-import re
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,49 +44,22 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from . import atomic
 from .data import make_loader
+from .pool import run_pool
 from .quantized import candidate_layers, get_bits, set_bits
 from .quantizers import qrange
+from .records import (RECORD_FORMAT, Job, context_key, job_key, plain_bits, record_path, valid_records,
+                      wait_for_records, write_record)
 from .sensitivity import device_name
 from .train import TASKS, FitSettings, evaluate, fit
 
-__all__ = ["Job", "JobContext", "RECORD_FORMAT", "context_key", "job_key", "record_path", "read_record",
-           "run_job", "run"]
+__all__ = ["Job", "JobContext", "context_key", "experiment_context", "run_job", "run"]  # Job, context_key: from mpq.records
 
-RECORD_FORMAT = "mpq-job-record/1"  # part of every key: a format change invalidates old records
-_POLL_SECONDS = 2.0                 # distributed mode: how often a rank looks for the others' records
-_MAX_STEM = 150                     # longer record names are cut (and hashed) to stay a valid file name
-# every field a record must have to be reused (besides format, key, name, bits and seed)
-_FIELDS = ("metric", "train_loss", "seconds", "worker", "device", "steps", "train_samples", "eval_samples",
-           "teacher_samples")
+_POLL_SECONDS = 2.0  # distributed mode: how often a rank looks for the others' records
+_COUNTED = ("train_samples", "eval_samples", "teacher_samples")  # record fields summed in the stats
 
 
-# ---- jobs and their context ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Job:
-    """One fine-tune-and-evaluate job.
-
-    ``name``: unique within one run; its record is ``record_path(record_dir, name)``.
-    ``bits``: layer precisions applied with ``mpq.set_bits`` to a deep copy of
-    the starting model (``{}``: none; a full assignment is fine, layers already
-    at the given precision are left as they are). ``seed``: given to
-    ``torch.manual_seed`` before the fine-tune and to the train loader's
-    shuffle, so two jobs with the same seed see the same data order.
-    """
-
-    name: str
-    bits: Mapping[str, int]
-    seed: int
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"Job.name must be a non-empty string, got {self.name!r}")
-
-    def __hash__(self) -> int:  # bits is usually a dict: hash its items instead
-        return hash((self.name, tuple(sorted(self.bits.items())), self.seed))
-
+# ---- the context of a run --------------------------------------------------------------------
 
 @dataclass
 class JobContext:
@@ -105,7 +70,8 @@ class JobContext:
     ``None``. ``eval_set``: where the metric is measured (ALPS: the validation
     split carved from the training data; the frontier: the test split).
     ``settings.epochs == 0``: no fine-tune, ``train`` is not read.
-    ``base_key``: ``context_key(...)`` of these inputs. ``worker``: the name
+    ``base_key``: ``context_key(...)`` of these inputs (a user whose results
+    depend on more extends it: ``mpq.records.extend_key``). ``worker``: the name
     written to the records this process computes (pool workers are
     ``proc<i>``, ranks ``rank<r>``).
     """
@@ -125,90 +91,23 @@ class JobContext:
     worker: str = "main"
 
 
-# ---- keys and records ------------------------------------------------------------------------
+def experiment_context(exp: Any, qmodel: nn.Module, teacher: nn.Module | None, *, epochs: float,
+                       eval_split: str, record_dir: str | Path, extra: Mapping[str, Any]) -> JobContext:
+    """A context over the data of ``exp`` (an ``mpq.experiment.Experiment``) with its quantized recipe.
 
-def _hash_state(h: "hashlib._Hash", module: nn.Module) -> None:
-    """Feed every tensor of ``module``'s state dict (name, dtype, shape, bytes) to ``h``."""
-    for name, t in module.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-def _settings_blob(settings: FitSettings) -> dict[str, Any] | str:
-    """``settings`` as plain JSON-able data (for keys and metadata)."""
-    return dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else repr(settings)
-
-
-def context_key(model: nn.Module, *, teacher: nn.Module | None, settings: FitSettings, batch_size: int,
-                task: str, num_classes: int, ignore_index: int, train_size: int, eval_size: int,
-                extra: Mapping[str, Any] | None = None) -> str:
-    """The hash of every input shared by the jobs of a run (the ``base_key`` of ``JobContext``).
-
-    The starting model's tensors and its layers' precisions (which are not in
-    the state dict), the teacher's tensors when there is one, the fine-tune
-    settings, the batch size, the task, the number of classes,
-    ``ignore_index``, the sizes of the train and evaluation sets, the record
-    format and ``extra`` (anything else the caller's results depend on, e.g.
-    ALPS's ``low_bits`` and method version; JSON-able values). The device is
-    left out on purpose: a run may resume on another machine.
+    Fine-tunes of ``epochs`` with ``exp.fit_settings("quant")``, the metric
+    measured on the split ``eval_split`` (``"val"`` or ``"test"``), records in
+    ``record_dir``; ``extra`` goes into the key (``context_key``).
     """
-    h = hashlib.sha256()
-    h.update(json.dumps({"format": RECORD_FORMAT, "model": type(model).__qualname__,
-                         "bits": get_bits(model), "settings": _settings_blob(settings),
-                         "batch_size": batch_size, "task": task, "num_classes": num_classes,
-                         "ignore_index": ignore_index, "train_size": train_size, "eval_size": eval_size,
-                         "teacher": None if teacher is None else type(teacher).__qualname__,
-                         "extra": dict(extra or {})},
-                        sort_keys=True, default=str).encode())
-    _hash_state(h, model)
-    if teacher is not None:
-        h.update(b"|teacher|")
-        _hash_state(h, teacher)
-    return h.hexdigest()
-
-
-def _plain_bits(bits: Mapping[str, int]) -> dict[str, int]:
-    return {str(name): int(b) for name, b in bits.items()}
-
-
-def job_key(base_key: str, job: Job) -> str:
-    """The key of ``job``'s record: ``base_key`` plus the job's bits (sorted) and seed.
-
-    A record is reused only for the same job: the same name (checked by
-    ``read_record``), bits and seed on the same inputs.
-    """
-    blob = {"base": base_key, "bits": sorted(_plain_bits(job.bits).items()), "seed": int(job.seed)}
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
-
-
-def record_path(record_dir: str | Path, name: str) -> Path:
-    """Where the record of the job named ``name`` lives: ``<record_dir>/<name>.json``.
-
-    Module-like names (``layer3.4.conv2``, ``eagl-b0.50-s1``) are used as they
-    are; otherwise (other characters, a leading dot, a very long name) they are
-    sanitised (``_``; cut) and a short hash of the name is appended so that two
-    names cannot share a file.
-    """
-    stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
-    if stem != name or not stem or stem.startswith(".") or len(stem) > _MAX_STEM:
-        stem = f"{stem[:_MAX_STEM]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-    return Path(record_dir) / f"{stem}.json"
-
-
-def read_record(record_dir: str | Path, job: Job, base_key: str) -> dict[str, Any] | None:
-    """``job``'s record if it exists, parses, is complete and has its key and name; else ``None``."""
-    path = record_path(record_dir, job.name)
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):  # missing, truncated, not JSON
-        return None
-    if (not isinstance(rec, dict) or rec.get("format") != RECORD_FORMAT
-            or rec.get("key") != job_key(base_key, job) or rec.get("name") != job.name
-            or any(f not in rec for f in _FIELDS)
-            or not isinstance(rec["metric"], (int, float)) or isinstance(rec["metric"], bool)):
-        return None
-    return rec
+    settings = exp.fit_settings("quant", epochs=epochs)
+    data, batch_size = exp.data, exp.net.batch_size
+    train, eval_set = data.train, getattr(data, eval_split)
+    key = context_key(qmodel, teacher=teacher, settings=settings, batch_size=batch_size, task=data.task,
+                      num_classes=data.num_classes, ignore_index=data.ignore_index, train_size=len(train),
+                      eval_size=len(eval_set), extra=extra)
+    return JobContext(model=qmodel, teacher=teacher, train=train, eval_set=eval_set, settings=settings,
+                      task=data.task, num_classes=data.num_classes, ignore_index=data.ignore_index,
+                      batch_size=batch_size, device=str(exp.device), record_dir=str(record_dir), base_key=key)
 
 
 # ---- one job ---------------------------------------------------------------------------------
@@ -241,7 +140,7 @@ def run_job(ctx: JobContext, job: Job) -> dict[str, Any]:
     train_samples = steps * ctx.batch_size  # training loaders drop the last partial batch
     distilled = ctx.teacher is not None and ctx.settings.distill > 0
     return {"format": RECORD_FORMAT, "key": job_key(ctx.base_key, job), "name": job.name,
-            "bits": _plain_bits(job.bits), "seed": int(job.seed), "metric": float(metric),
+            "bits": plain_bits(job.bits), "seed": int(job.seed), "metric": float(metric),
             "train_loss": loss, "seconds": time.perf_counter() - t0, "worker": ctx.worker,
             "device": device_name(device), "steps": steps, "train_samples": train_samples,
             "eval_samples": len(ctx.eval_set),  # type: ignore[arg-type]
@@ -252,74 +151,14 @@ def _do_job(ctx: JobContext, job: Job) -> dict[str, Any]:
     """Run one job and write its record at once (atomically) when there is a record folder."""
     rec = run_job(ctx, job)  # looked up at call time: tests may wrap it
     if ctx.record_dir is not None:
-        atomic.write_json(record_path(ctx.record_dir, job.name), rec)
+        write_record(ctx.record_dir, rec)
     return rec
 
 
-# ---- worker processes ------------------------------------------------------------------------
-
-_WORKER_CTX: JobContext | None = None
-
-
-def _init_worker(blob: bytes, threads: int, counter: Any) -> None:
-    """Pool initializer: set the thread count, keep the context (sent once per worker)."""
-    global _WORKER_CTX
-    torch.set_num_threads(threads)
-    ctx = pickle.loads(blob)
-    with counter.get_lock():
-        index = counter.value
-        counter.value += 1
-    ctx.worker = f"proc{index}"
-    _WORKER_CTX = ctx
-
-
-def _worker_job(job: Job) -> dict[str, Any]:
-    assert _WORKER_CTX is not None, "the pool initializer did not run"
-    return _do_job(_WORKER_CTX, job)
-
-
-def _run_pool(ctx: JobContext, pending: list[Job], workers: int, threads: int, bar) -> list[dict]:
-    """Run ``pending`` jobs in ``workers`` spawned processes; return their records.
-
-    The context goes to each worker once, as plain pickled bytes: handing the
-    model itself to torch's multiprocessing pickler would move the caller's
-    tensors into shared memory and pass one file descriptor per tensor.
-    """
-    mp = torch.multiprocessing.get_context("spawn")
-    counter = mp.Value("i", 0)
-    blob = pickle.dumps(ctx, protocol=pickle.HIGHEST_PROTOCOL)
-    out: list[dict] = []
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp,
-                               initializer=_init_worker, initargs=(blob, threads, counter))
-    try:
-        futures = {pool.submit(_worker_job, job) for job in pending}
-        while futures:
-            done, futures = wait(futures, return_when=FIRST_COMPLETED)
-            for f in done:
-                rec = f.result()
-                out.append(rec)
-                bar.set_postfix(last=f"{rec['seconds']:.1f}s")
-                bar.update(1)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    return out
-
-
-# ---- the entry point -------------------------------------------------------------------------
-
-def _on_device(module: nn.Module | None, device: torch.device) -> nn.Module | None:
-    """``module`` itself if it already lives on ``device``, else a copy there (the caller's stays put)."""
-    if module is None:
-        return None
-    tensors = list(module.parameters()) + list(module.buffers())
-    if all(t.device == device for t in tensors):
-        return module
-    return copy.deepcopy(module).to(device)
-
+# ---- checks --------------------------------------------------------------------------------
 
 def _size(ds: Dataset, name: str) -> int:
+    """``len(ds)``; a ``ValueError`` naming ``name`` for a dataset without one."""
     try:
         return len(ds)  # type: ignore[arg-type]
     except TypeError:
@@ -347,6 +186,141 @@ def _check_jobs(model: nn.Module, jobs: Sequence[Job]) -> None:
             except (ValueError, TypeError) as e:
                 raise ValueError(f"job {job.name!r}: layer {name!r}: bad precision {b!r} ({e})") from None
 
+
+def _check_inputs(ctx: JobContext, jobs: Sequence[Job], *, workers: int, threads: int | None,
+                  distributed: bool) -> None:
+    """Fail before any work: the context, the jobs (``_check_jobs``), the parallelism asked for."""
+    if ctx.task not in TASKS:
+        raise ValueError(f"unknown task {ctx.task!r}: choose one of {TASKS}")
+    if ctx.settings.epochs < 0 or not math.isfinite(ctx.settings.epochs):
+        raise ValueError(f"settings.epochs must be >= 0, got {ctx.settings.epochs}")
+    if ctx.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {ctx.batch_size}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {threads}")
+    if ctx.settings.epochs > 0 and _size(ctx.train, "train") < ctx.batch_size:
+        raise ValueError(f"the training set has {_size(ctx.train, 'train')} samples, fewer than one batch "
+                         f"({ctx.batch_size}): use a larger train split or a smaller batch_size")
+    if _size(ctx.eval_set, "eval_set") < 1:
+        raise ValueError("the evaluation set is empty")
+    _check_jobs(ctx.model, jobs)
+    if distributed and ctx.record_dir is None:
+        raise ValueError("record_dir: required under torch.distributed (the ranks share their "
+                         "results through it); pass a folder every rank can read and write")
+    if distributed and workers > 1:
+        raise ValueError("workers > 1 is for one CPU process; under torch.distributed each rank "
+                         "runs its share itself: use one rank per device instead")
+    dev = torch.device(ctx.device)
+    if workers > 1 and dev.type != "cpu":
+        raise ValueError(f"workers > 1 runs CPU processes, not {dev}: for GPUs use torch.distributed "
+                         "with one rank per GPU")
+
+
+# ---- the phases of a run ---------------------------------------------------------------------
+
+def _prepared(ctx: JobContext, worker: str) -> JobContext:
+    """A copy of ``ctx`` with a canonical device, ``record_dir`` as a string (created) and ``worker``."""
+    record_dir = None if ctx.record_dir is None else str(ctx.record_dir)
+    if record_dir is not None:
+        Path(record_dir).mkdir(parents=True, exist_ok=True)
+    return dataclasses.replace(ctx, device=str(torch.device(ctx.device)), record_dir=record_dir, worker=worker)
+
+
+def _on_device(module: nn.Module | None, device: torch.device) -> nn.Module | None:
+    """``module`` itself if it already lives on ``device``, else a copy there (the caller's stays put)."""
+    if module is None:
+        return None
+    tensors = list(module.parameters()) + list(module.buffers())
+    if all(t.device == device for t in tensors):
+        return module
+    return copy.deepcopy(module).to(device)
+
+
+def _advance(bar: tqdm, rec: dict[str, Any]) -> None:
+    """Count one finished job on the progress bar, showing its wall time."""
+    bar.set_postfix(last=f"{rec['seconds']:.1f}s")
+    bar.update(1)
+
+
+def _run_serial(ctx: JobContext, pending: Sequence[Job], threads: int | None, bar: tqdm) -> list[dict]:
+    """Run ``pending`` jobs one by one in this process on ``ctx.device``; return their records.
+
+    ``threads`` (when given) is this process's torch thread count for the
+    duration of the jobs; the previous count is restored afterwards.
+    """
+    dev = torch.device(ctx.device)
+    ctx = dataclasses.replace(ctx, model=_on_device(ctx.model, dev), teacher=_on_device(ctx.teacher, dev))
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    out: list[dict] = []
+    try:
+        for job in pending:
+            out.append(_do_job(ctx, job))
+            _advance(bar, out[-1])
+    finally:
+        torch.set_num_threads(old_threads)
+    return out
+
+
+def _name_pool_process(ctx: JobContext, index: int) -> JobContext:
+    """The context of pool process ``index``: its records name it ``proc<index>``."""
+    return dataclasses.replace(ctx, worker=f"proc{index}")
+
+
+def _run_pending(ctx: JobContext, pending: Sequence[Job], *, workers: int, threads: int | None,
+                 bar: tqdm) -> tuple[list[dict], int]:
+    """Compute ``pending`` jobs; return their records and the number of processes used.
+
+    ``workers > 1``: a pool of ``min(workers, len(pending))`` CPU processes,
+    each with ``threads`` torch threads (default: this process's threads /
+    ``workers``); else serially in this process.
+    """
+    if not pending:
+        return [], 1
+    if workers == 1:
+        return _run_serial(ctx, pending, threads, bar), 1
+    used = min(workers, len(pending))
+    per_worker = threads or max(1, torch.get_num_threads() // workers)
+    cpu = torch.device("cpu")
+    cpu_ctx = dataclasses.replace(ctx, model=_on_device(ctx.model, cpu), teacher=_on_device(ctx.teacher, cpu))
+    return run_pool(_do_job, cpu_ctx, pending, workers=used, threads=per_worker, setup=_name_pool_process,
+                    on_result=lambda rec: _advance(bar, rec)), used
+
+
+def _join_other_ranks(ctx: JobContext, others: Sequence[Job],
+                      counts: list[int]) -> tuple[dict[str, dict[str, Any]], list[int]]:
+    """Under ``torch.distributed``: the records of ``others`` (the other ranks' jobs) and ``counts`` summed.
+
+    Polls ``ctx.record_dir`` until every one of ``others`` has a valid record
+    before the closing collective (the sum of ``counts``, which is also the
+    barrier), so that an unbalanced share cannot hit the process group's
+    timeout; then reads them, failing if one changed since.
+    """
+    assert ctx.record_dir is not None, "checked by _check_inputs"
+    wait_for_records(ctx.record_dir, others, ctx.base_key, poll_seconds=_POLL_SECONDS)
+    total = torch.tensor(counts, dtype=torch.int64, device=torch.device(ctx.device))
+    dist.all_reduce(total)
+    found = valid_records(ctx.record_dir, others, ctx.base_key)
+    changed = [job for job in others if job.name not in found]
+    if changed:
+        raise RuntimeError(f"{record_path(ctx.record_dir, changed[0].name)} changed while the ranks "
+                           "were reading it: is another run writing to the same folder?")
+    return found, [int(v) for v in total.cpu()]
+
+
+def _stats(counts: Sequence[int], *, jobs: int, workers: int, seconds: float,
+           computed: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The stats of a run (see ``run``) from ``counts`` = (jobs run, then the ``_COUNTED`` sums)."""
+    n_run, train_samples, eval_samples, teacher_samples = counts
+    return {"run": n_run, "reused": jobs - n_run, "workers": workers, "seconds": seconds,
+            "train_samples": train_samples, "eval_samples": eval_samples, "teacher_samples": teacher_samples,
+            "devices": sorted({r["device"] for r in computed})}
+
+
+# ---- the entry point -------------------------------------------------------------------------
 
 def run(ctx: JobContext, jobs: Sequence[Job], *, workers: int = 1, threads: int | None = None,
         progress: bool = True, desc: str = "jobs") -> tuple[dict[str, dict], dict[str, Any]]:
@@ -383,105 +357,23 @@ def run(ctx: JobContext, jobs: Sequence[Job], *, workers: int = 1, threads: int 
     """
     t_start = time.perf_counter()
     jobs = list(jobs)
-    if ctx.task not in TASKS:
-        raise ValueError(f"unknown task {ctx.task!r}: choose one of {TASKS}")
-    if ctx.settings.epochs < 0 or not math.isfinite(ctx.settings.epochs):
-        raise ValueError(f"settings.epochs must be >= 0, got {ctx.settings.epochs}")
-    if ctx.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {ctx.batch_size}")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1 or None, got {threads}")
-    if ctx.settings.epochs > 0 and _size(ctx.train, "train") < ctx.batch_size:
-        raise ValueError(f"the training set has {_size(ctx.train, 'train')} samples, fewer than one batch "
-                         f"({ctx.batch_size}): use a larger train split or a smaller batch_size")
-    if _size(ctx.eval_set, "eval_set") < 1:
-        raise ValueError("the evaluation set is empty")
-    _check_jobs(ctx.model, jobs)
-
     distributed = dist.is_available() and dist.is_initialized()
+    _check_inputs(ctx, jobs, workers=workers, threads=threads, distributed=distributed)
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    if distributed and ctx.record_dir is None:
-        raise ValueError("record_dir: required under torch.distributed (the ranks share their "
-                         "results through it); pass a folder every rank can read and write")
-    if distributed and workers > 1:
-        raise ValueError("workers > 1 is for one CPU process; under torch.distributed each rank "
-                         "runs its share itself: use one rank per device instead")
-    dev = torch.device(ctx.device)
-    if workers > 1 and dev.type != "cpu":
-        raise ValueError(f"workers > 1 runs CPU processes, not {dev}: for GPUs use torch.distributed "
-                         "with one rank per GPU")
+    ctx = _prepared(ctx, worker=f"rank{rank}" if distributed else ctx.worker)
 
-    record_dir = None if ctx.record_dir is None else str(ctx.record_dir)
-    if record_dir is not None:
-        Path(record_dir).mkdir(parents=True, exist_ok=True)
-    ctx = dataclasses.replace(ctx, device=str(dev), record_dir=record_dir,
-                              worker=f"rank{rank}" if distributed else ctx.worker)
-    base_key = ctx.base_key
-
-    mine = jobs[rank::world]
-    records: dict[str, dict[str, Any]] = {}
-    if record_dir is not None:
-        for job in mine:
-            rec = read_record(record_dir, job, base_key)
-            if rec is not None:
-                records[job.name] = rec
+    mine = jobs[rank::world]  # this process's share: reuse its valid records, compute the others
+    records = {} if ctx.record_dir is None else valid_records(ctx.record_dir, mine, ctx.base_key)
     pending = [job for job in mine if job.name not in records]
-    computed: list[dict[str, Any]] = []
-    used_workers = 1
-    bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc=desc,
-               disable=not progress or rank != 0)
-    try:
-        if workers > 1 and pending:
-            per_worker = threads or max(1, torch.get_num_threads() // workers)
-            used_workers = min(workers, len(pending))
-            cpu = torch.device("cpu")
-            cpu_ctx = dataclasses.replace(ctx, model=_on_device(ctx.model, cpu),
-                                          teacher=_on_device(ctx.teacher, cpu))
-            computed = _run_pool(cpu_ctx, pending, used_workers, per_worker, bar)
-        elif pending:
-            ctx.model = _on_device(ctx.model, dev)
-            ctx.teacher = _on_device(ctx.teacher, dev)
-            old_threads = torch.get_num_threads()
-            if threads is not None:
-                torch.set_num_threads(threads)
-            try:
-                for job in pending:
-                    rec = _do_job(ctx, job)
-                    computed.append(rec)
-                    bar.set_postfix(last=f"{rec['seconds']:.1f}s")
-                    bar.update(1)
-            finally:
-                torch.set_num_threads(old_threads)
-    finally:
-        bar.close()
-    for rec in computed:
-        records[rec["name"]] = rec
+    with tqdm(total=len(mine), initial=len(mine) - len(pending), desc=desc,
+              disable=not progress or rank != 0) as bar:
+        computed, used_workers = _run_pending(ctx, pending, workers=workers, threads=threads, bar=bar)
+    records.update((rec["name"], rec) for rec in computed)
 
-    counts = [len(computed)] + [sum(r[f] for r in computed)
-                                for f in ("train_samples", "eval_samples", "teacher_samples")]
+    counts = [len(computed)] + [sum(r[f] for r in computed) for f in _COUNTED]
     if distributed:
-        assert record_dir is not None
-        others = [job for job in jobs if job.name not in records]
-        while others:
-            others = [job for job in others if read_record(record_dir, job, base_key) is None]
-            if others:
-                time.sleep(_POLL_SECONDS)
-        # The closing collective is the barrier and sums what every rank computed.
-        total = torch.tensor(counts, dtype=torch.int64, device=dev)
-        dist.all_reduce(total)
-        counts = [int(v) for v in total.cpu()]
-        for job in jobs:
-            if job.name not in records:
-                rec = read_record(record_dir, job, base_key)
-                if rec is None:
-                    raise RuntimeError(f"{record_path(record_dir, job.name)} changed while the ranks "
-                                       "were reading it: is another run writing to the same folder?")
-                records[job.name] = rec
-    n_run, train_samples, eval_samples, teacher_samples = counts
-    stats = {"run": n_run, "reused": len(jobs) - n_run, "workers": world if distributed else used_workers,
-             "seconds": time.perf_counter() - t_start, "train_samples": train_samples,
-             "eval_samples": eval_samples, "teacher_samples": teacher_samples,
-             "devices": sorted({r["device"] for r in computed})}
+        others, counts = _join_other_ranks(ctx, [job for job in jobs if job.name not in records], counts)
+        records.update(others)
+    stats = _stats(counts, jobs=len(jobs), workers=world if distributed else used_workers,
+                   seconds=time.perf_counter() - t_start, computed=computed)
     return {job.name: records[job.name] for job in jobs}, stats

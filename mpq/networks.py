@@ -9,9 +9,12 @@
   (output stride 8), pyramid pooling with bins 1/2/3/6 and an auxiliary head on
   ``layer3`` that is used in training only.
 
-Each entry also says which layers stay at 8 bits (the first conv and the
+Each entry (``NetworkSpec``) holds every per-network fact the rest of mpq
+reads: the builder, which layers stay at 8 bits (the first conv and the
 classifier), which are left in float (the auxiliary head, dropped at
-inference), the task, and the input size the cost model measures at.
+inference), the task (and so the metric), the display title, the report's
+figure id and the paper claims the network is evidence for. A new network is
+one ``register`` call plus its section in ``params.yaml`` (``docs/extending.md``).
 """
 from __future__ import annotations
 
@@ -23,7 +26,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
-__all__ = ["NetworkSpec", "NETWORKS", "get_spec", "build", "ScaledResNet", "PSPNet"]
+from .registry import Registry
+
+__all__ = ["NetworkSpec", "NETWORKS", "TASK_METRICS", "register", "unregister", "get_spec", "build",
+           "ScaledResNet", "PSPNet"]
+
+# task -> (short metric name, axis label): what the report calls each task's metric
+TASK_METRICS = {"classification": ("top-1", "Top-1 accuracy (%)"),
+                "segmentation": ("mIoU", "mIoU (%)")}
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -146,12 +156,31 @@ class NetworkSpec:
 
     name: str
     task: str  # "classification" | "segmentation"
-    builder: Callable[..., nn.Module]
+    builder: Callable[..., nn.Module]  # builder(num_classes=, width=, pretrained=) -> float model
     fixed_8bit: tuple[str, ...]  # module names kept at 8 bits
     float_only: tuple[str, ...] = ()  # module-name prefixes never quantized (training-only)
     candidate_count: int = 0  # conv/linear layers at 4/2 bits, for checks
     arch: str = ""
+    title: str = ""  # display name in figures and tables (default: the name)
+    figure: str = "F"  # the report's id of its frontier figure (F1, F2, ...)
+    claims: tuple[str, ...] = ()  # the paper claims it is evidence for (report, T4)
     notes: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASK_METRICS:
+            raise ValueError(f"network {self.name!r}: unknown task {self.task!r}; choose one of {list(TASK_METRICS)}")
+        if not self.title:
+            object.__setattr__(self, "title", self.name)
+
+    @property
+    def metric(self) -> str:
+        """Short name of the task's metric (``top-1``, ``mIoU``)."""
+        return TASK_METRICS[self.task][0]
+
+    @property
+    def metric_label(self) -> str:
+        """Axis label of the task's metric."""
+        return TASK_METRICS[self.task][1]
 
 
 def _build_resnet(layers: list[int], arch: str):
@@ -178,23 +207,29 @@ def _build_pspnet(*, num_classes: int, width: float = 1.0, pretrained: bool = Fa
     return model
 
 
-NETWORKS: dict[str, NetworkSpec] = {
-    "resnet50": NetworkSpec("resnet50", "classification", _build_resnet([3, 4, 6, 3], "resnet50"),
-                            fixed_8bit=("conv1", "fc"), candidate_count=52, arch="resnet50"),
-    "resnet101": NetworkSpec("resnet101", "classification", _build_resnet([3, 4, 23, 3], "resnet101"),
-                             fixed_8bit=("conv1", "fc"), candidate_count=103, arch="resnet101"),
-    "pspnet": NetworkSpec("pspnet", "segmentation", _build_pspnet,
-                          fixed_8bit=("backbone.conv1", "classifier"), float_only=("aux",),
-                          candidate_count=57, arch="pspnet-resnet50"),
-}
+NETWORKS: Registry[NetworkSpec] = Registry("network")
+unregister = NETWORKS.remove
+
+
+def register(spec: NetworkSpec, *, replace: bool = False) -> NetworkSpec:
+    """Add a network to the registry (report order = registration order)."""
+    return NETWORKS.add(spec, replace=replace)
+
+
+register(NetworkSpec("resnet50", "classification", _build_resnet([3, 4, 6, 3], "resnet50"),
+                     fixed_8bit=("conv1", "fc"), candidate_count=52, arch="resnet50", title="ResNet-50",
+                     figure="F1", claims=("C1", "C2")))
+register(NetworkSpec("resnet101", "classification", _build_resnet([3, 4, 23, 3], "resnet101"),
+                     fixed_8bit=("conv1", "fc"), candidate_count=103, arch="resnet101", title="ResNet-101",
+                     figure="F2", claims=("C1", "C2")))
+register(NetworkSpec("pspnet", "segmentation", _build_pspnet, fixed_8bit=("backbone.conv1", "classifier"),
+                     float_only=("aux",), candidate_count=57, arch="pspnet-resnet50", title="PSPNet",
+                     figure="F3", claims=("C3",)))
 
 
 def get_spec(name: str) -> NetworkSpec:
-    """The registry entry for ``name``; a clear error for an unknown network."""
-    try:
-        return NETWORKS[name]
-    except KeyError:
-        raise ValueError(f"unknown network {name!r}: choose one of {sorted(NETWORKS)}") from None
+    """The registry entry for ``name``; a one-line error naming the registered networks otherwise."""
+    return NETWORKS.lookup(name)
 
 
 def build(name: str, *, num_classes: int, width: float = 1.0, pretrained: bool = False) -> nn.Module:

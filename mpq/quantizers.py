@@ -215,6 +215,13 @@ class _QuantLayer:
     def bits(self) -> int | None:
         return self.wq.bits
 
+    def _adopt(self, module: nn.Module, bits: int | None, per_channel: bool, fixed: bool):
+        """Take ``module``'s weights and mode, then attach the quantizers; return self."""
+        self.load_state_dict(module.state_dict())
+        self.train(module.training)
+        self._attach(bits, per_channel, fixed)
+        return self
+
     def set_bits(self, bits: int | None) -> None:
         """Change the precision and re-initialise both steps (LSQ init)."""
         if bits is not None:
@@ -243,10 +250,7 @@ class QConv2d(_QuantLayer, nn.Conv2d):
                 padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
                 bias=conv.bias is not None, padding_mode=conv.padding_mode,
                 device=conv.weight.device, dtype=conv.weight.dtype)
-        q.load_state_dict(conv.state_dict())
-        q.train(conv.training)
-        q._attach(bits, per_channel, fixed)
-        return q
+        return q._adopt(conv, bits, per_channel, fixed)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(self.aq(x), self.wq(self.weight), self.bias)
@@ -260,10 +264,7 @@ class QLinear(_QuantLayer, nn.Linear):
                    fixed: bool = False) -> "QLinear":
         q = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                 device=linear.weight.device, dtype=linear.weight.dtype)
-        q.load_state_dict(linear.state_dict())
-        q.train(linear.training)
-        q._attach(bits, per_channel, fixed)
-        return q
+        return q._adopt(linear, bits, per_channel, fixed)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self.aq(x), self.wq(self.weight), self.bias)

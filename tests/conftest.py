@@ -8,6 +8,7 @@ import torch
 import yaml
 from torch import nn
 
+from mpq import config
 from mpq.data import build_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,9 +21,25 @@ def embedded(tmp_path_factory):
     return root, build_embedded(root)
 
 
-def write_params(path: Path, base: str = "presets/tiny.yaml", **overrides) -> Path:
-    """Write a params file: ``base`` with dotted-key overrides (``network.resnet50.width=0.125``)."""
-    raw = yaml.safe_load((ROOT / base).read_text() if not Path(base).is_absolute() else Path(base).read_text())
+def write_params(path: Path, scale: str = "tiny", base: Path | None = None, **overrides) -> Path:
+    """Write a complete params file: the repository's params at ``scale`` (or the params
+    file ``base``, resolved) with overrides.
+
+    Overrides use ``__`` for nesting (``network__resnet50__width=0.125``). The file
+    holds every setting already (``mpq.config.resolve``), so its overlay beside it,
+    ``presets/<scale>.yaml``, is written empty.
+    """
+    if base is not None:
+        raw = config.resolve(base)
+        scale = raw["scale"]
+    else:
+        raw = config.resolve(ROOT / "params.yaml")
+        raw["scale"] = scale
+        overlay = config.overlay_path(ROOT / "params.yaml", scale)
+        raw = config.merge(raw, yaml.safe_load(overlay.read_text()) or {})
+    overlay = config.overlay_path(path, scale)
+    overlay.parent.mkdir(parents=True, exist_ok=True)
+    overlay.write_text("{}\n")
     for key, value in overrides.items():
         *parents, last = key.split("__")
         node = raw

@@ -6,7 +6,7 @@ inputs with learnable labels, so that a job takes milliseconds.
 import copy
 import json
 import os
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pandas as pd
 import pytest
@@ -15,8 +15,9 @@ import torch.distributed as dist
 from torch.utils.data import TensorDataset
 
 import mpq
-from mpq import alps, jobs
+from mpq import alps, jobs, records
 from mpq.data import make_loader
+from mpq.jobs import JobContext
 from mpq.quantized import NotQuantizedError
 from mpq.train import FitSettings, evaluate, fit
 from mpq.sensitivity import allocator_table
@@ -28,6 +29,7 @@ N_TRAIN, N_VAL = 48, 32
 # every column but seconds and worker; train_loss (a float) shows any difference in the fine-tune
 DETERMINISTIC = ["layer", "bits_from", "bits_to", "score", "metric", "reference_metric", "train_loss"]
 REAL_RUN_JOB = jobs.run_job
+CONTEXT_FIELDS = {f.name for f in fields(JobContext)}
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +52,34 @@ def setup():
     return q, train, val
 
 
-def run(setup, *, model=None, train=None, val=None, **kw):
-    """``alps.scores`` on the tiny setup with the test defaults (one thread), overridden by ``kw``."""
-    q, tr, va = setup
-    args = dict(task="classification", num_classes=4, settings=SETTINGS, batch_size=BATCH, progress=False,
-                threads=1)
+def context(setup, **kw) -> JobContext:
+    """The job context of the tiny setup (no teacher, CPU, no record folder), overridden by ``kw``.
+
+    Its ``base_key`` is the ``context_key`` of its inputs unless ``kw`` gives
+    one (needed for a model that cannot be hashed: a float one).
+    """
+    q, train, val = setup
+    args = dict(model=q, teacher=None, train=train, eval_set=val, settings=SETTINGS, task="classification",
+                num_classes=4, ignore_index=255, batch_size=BATCH, device="cpu", record_dir=None)
     args.update(kw)
-    return alps.scores(q if model is None else model, tr if train is None else train,
-                       va if val is None else val, **args)
+    if "base_key" not in args:
+        args["base_key"] = jobs.context_key(
+            args["model"], teacher=args["teacher"], settings=args["settings"], batch_size=args["batch_size"],
+            task=args["task"], num_classes=args["num_classes"], ignore_index=args["ignore_index"],
+            train_size=len(args["train"]), eval_size=len(args["eval_set"]))
+    return JobContext(**args)
+
+
+def run(setup, **kw):
+    """``alps.scores`` on ``context(setup)`` with the test defaults (one thread, no progress bar).
+
+    ``kw``: ``JobContext`` fields (given to ``context``) and ``alps.scores``
+    arguments (overriding the defaults).
+    """
+    ctx = context(setup, **{k: v for k, v in kw.items() if k in CONTEXT_FIELDS})
+    args = dict(threads=1, progress=False)
+    args.update({k: v for k, v in kw.items() if k not in CONTEXT_FIELDS})
+    return alps.scores(ctx, **args)
 
 
 def counting(monkeypatch, fail_at: int | None = None) -> list:
@@ -118,27 +140,29 @@ def test_resume_after_interrupt_skips_finished_jobs(setup, tmp_path, monkeypatch
     full = run(setup)
     calls = counting(monkeypatch, fail_at=3)
     with pytest.raises(KeyboardInterrupt):
-        run(setup, record_dir=tmp_path)
+        run(setup, record_dir=str(tmp_path))
     done = mtimes(tmp_path)
     assert sorted(done) == ["__reference__.json", "block.conv1.json"]  # written as soon as each job ended
     assert not list(tmp_path.glob(".*.tmp"))  # no half-written file left behind
     calls = counting(monkeypatch)
-    resumed = run(setup, record_dir=tmp_path)
+    resumed = run(setup, record_dir=str(tmp_path))
     assert calls == ["block.conv2", "conv3"]  # the finished jobs are not recomputed
     assert all(mtimes(tmp_path)[name] == t for name, t in done.items())
     pd.testing.assert_frame_equal(resumed.table[DETERMINISTIC], full.table[DETERMINISTIC])
     assert resumed.meta["jobs_run"] == 2 and resumed.meta["jobs_reused"] == 2 and resumed.cost.epochs == 2
     # a rerun of a finished run computes nothing and returns the identical table (seconds included)
     calls.clear()
-    again = run(setup, record_dir=tmp_path)
+    again = run(setup, record_dir=str(tmp_path))
     assert calls == [] and again.cost.epochs == 0 and again.cost.backward_passes == 0
     pd.testing.assert_frame_equal(again.table, resumed.table)
     # a subset of layers reuses the same records
-    sub = run(setup, record_dir=tmp_path, layers=["conv3"])
+    sub = run(setup, record_dir=str(tmp_path), layers=["conv3"])
     assert calls == [] and list(sub.table["layer"]) == ["conv3"]
     record = json.loads((tmp_path / "conv3.json").read_text())
     assert record["name"] == "conv3" and record["bits"] == {"conv3": 2} and record["seed"] == 0
-    assert record["key"] == jobs.job_key(again.meta["key"], jobs.Job("conv3", {"conv3": 2}, 0))
+    assert record["key"] == records.job_key(again.meta["key"], jobs.Job("conv3", {"conv3": 2}, 0))
+    # the run's key: the context's key extended with low_bits and the method version
+    assert again.meta["key"] == alps.run_key(context(setup).base_key, 2) != context(setup).base_key
     # record file names: module names as they are; anything else sanitised without collisions
     assert alps.record_path(tmp_path, "layer3.4.conv2").name == "layer3.4.conv2.json"
     assert alps.record_path(tmp_path, "a/b") != alps.record_path(tmp_path, "a_b")
@@ -146,12 +170,12 @@ def test_resume_after_interrupt_skips_finished_jobs(setup, tmp_path, monkeypatch
 
 
 def test_stale_or_corrupt_records_are_recomputed(setup, tmp_path, monkeypatch):
-    first = run(setup, record_dir=tmp_path)
+    first = run(setup, record_dir=str(tmp_path))
     calls = counting(monkeypatch)
     # other settings: every record has another key
-    other = run(setup, record_dir=tmp_path, settings=replace(SETTINGS, lr=0.02))
+    other = run(setup, record_dir=str(tmp_path), settings=replace(SETTINGS, lr=0.02))
     assert len(calls) == 4 and other.meta["key"] != first.meta["key"]
-    assert all(jobs.read_record(tmp_path, jobs.Job(layer, {layer: 2} if layer != alps.REFERENCE else {}, 0),
+    assert all(records.read_record(tmp_path, jobs.Job(layer, {layer: 2} if layer != alps.REFERENCE else {}, 0),
                                 other.meta["key"]) is not None
                for layer in [alps.REFERENCE, *other.table["layer"]])
     # other weights (another checkpoint): recomputed again
@@ -159,23 +183,31 @@ def test_stale_or_corrupt_records_are_recomputed(setup, tmp_path, monkeypatch):
     q2 = copy.deepcopy(setup[0])
     with torch.no_grad():
         q2.block.conv1.weight[0, 0, 0, 0] += 0.01
-    moved = run(setup, model=q2, record_dir=tmp_path)
+    moved = run(setup, model=q2, record_dir=str(tmp_path))
     assert len(calls) == 4 and moved.meta["key"] not in (first.meta["key"], other.meta["key"])
     # truncated or garbage records count as missing: only those jobs run again
     calls.clear()
     path = tmp_path / "block.conv2.json"
     path.write_text(path.read_text()[:40])
     (tmp_path / "__reference__.json").write_bytes(b"\x00\xff garbage")
-    again = run(setup, model=q2, record_dir=tmp_path)
+    again = run(setup, model=q2, record_dir=str(tmp_path))
     assert sorted(calls) == ["__reference__", "block.conv2"]
     pd.testing.assert_frame_equal(again.table[DETERMINISTIC], moved.table[DETERMINISTIC])
+    # another low_bits or another method version: even the reference job (no bits) is recomputed
+    calls.clear()
+    run(setup, model=q2, record_dir=str(tmp_path), low_bits=3)
+    assert len(calls) == 4
+    calls.clear()
+    monkeypatch.setattr(alps, "METHOD_VERSION", "alps-test")
+    assert run(setup, model=q2, record_dir=str(tmp_path)).meta["key"] != again.meta["key"]
+    assert len(calls) == 4
 
 
 def test_two_workers_match_one(setup, tmp_path):
     threads = torch.get_num_threads()
     one = run(setup, threads=1)
     assert torch.get_num_threads() == threads  # restored after the call
-    two = run(setup, workers=2, threads=1, record_dir=tmp_path)
+    two = run(setup, workers=2, threads=1, record_dir=str(tmp_path))
     pd.testing.assert_frame_equal(one.table[DETERMINISTIC], two.table[DETERMINISTIC])
     assert set(two.table["worker"]) <= {"proc0", "proc1"} and set(one.table["worker"]) == {"main"}
     assert two.cost.workers == 2 and two.cost.epochs == 4
@@ -183,19 +215,17 @@ def test_two_workers_match_one(setup, tmp_path):
     assert not any(t.is_shared() for t in setup[0].state_dict().values())  # the caller's model is as it was
 
 
-def _rank(rank: int, world: int, init: str, q, train, val, folder: str, out: str) -> None:
+def _rank(rank: int, world: int, init: str, ctx: JobContext, folder: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        common = dict(task="classification", num_classes=4, settings=SETTINGS, batch_size=BATCH,
-                      progress=False)
         try:
-            alps.scores(q, train, val, **common)
+            alps.scores(ctx, progress=False)
         except ValueError as e:
             assert "record_dir" in str(e)
         else:
             raise AssertionError("record_dir=None was accepted under torch.distributed")
-        s = alps.scores(q, train, val, record_dir=folder, **common)
+        s = alps.scores(replace(ctx, record_dir=folder), progress=False)
         s.table.to_pickle(os.path.join(out, f"rank{rank}.pkl"))
         with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
             json.dump({"jobs_run": s.meta["jobs_run"], "workers": s.cost.workers,
@@ -205,9 +235,8 @@ def _rank(rank: int, world: int, init: str, q, train, val, folder: str, out: str
 
 
 def test_distributed_ranks_split_jobs_and_agree(setup, tmp_path):
-    q, train, val = setup
     single = run(setup, threads=1)
-    torch.multiprocessing.spawn(_rank, args=(2, f"file://{tmp_path / 'rdzv'}", q, train, val,
+    torch.multiprocessing.spawn(_rank, args=(2, f"file://{tmp_path / 'rdzv'}", context(setup),
                                              str(tmp_path / "records"), str(tmp_path)), nprocs=2)
     for r in range(2):
         table = pd.read_pickle(tmp_path / f"rank{r}.pkl")
@@ -243,9 +272,9 @@ def test_no_finetune_drop(setup, monkeypatch):
 def test_bad_input(setup):
     empty = TensorDataset(torch.zeros(0, 3, 8, 8), torch.zeros(0, dtype=torch.long))
     with pytest.raises(NotQuantizedError):
-        run(setup, model=tiny_net())
+        run(setup, model=tiny_net(), base_key="a float model has no context key")
     with pytest.raises(ValueError, match="validation set has 0 samples.*carve"):
-        run(setup, val=empty)
+        run(setup, eval_set=empty)
     with pytest.raises(ValueError, match="training set has 0 samples.*smaller batch_size"):
         run(setup, train=empty)
     with pytest.raises(ValueError, match="training set has 8 samples"):

@@ -1,4 +1,4 @@
-"""Settings files: every preset loads; bad input is one line naming the key."""
+"""Settings files: every scale loads through its overlay; bad input is one line naming the key."""
 from pathlib import Path
 
 import pytest
@@ -8,29 +8,81 @@ from mpq import config
 from mpq.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = [ROOT / "params.yaml", *sorted((ROOT / "presets").glob("*.yaml"))]
+OVERLAYS = sorted((ROOT / "presets").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
-def test_presets_load(path):
-    cfg = config.load(path)
+def write(tmp_path, mutate, name="params.yaml"):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    mutate(raw)
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def with_overlays(tmp_path, scale):
+    """The repository's params.yaml at ``scale``, with a copy of the presets folder beside it."""
+    (tmp_path / "presets").mkdir(exist_ok=True)
+    for o in OVERLAYS:
+        (tmp_path / "presets" / o.name).write_text(o.read_text())
+    return write(tmp_path, lambda r: r.update(scale=scale))
+
+
+def test_every_scale_has_an_overlay():
+    assert sorted(o.stem for o in OVERLAYS) == sorted(config.SCALES)
+
+
+@pytest.mark.parametrize("scale", config.SCALES)
+def test_every_scale_loads(tmp_path, scale):
+    cfg = config.load(with_overlays(tmp_path, scale))
+    assert cfg.scale == scale
     assert cfg.networks and all(n in cfg.network for n in cfg.networks)
     assert cfg.quant.low_bits < cfg.quant.start_bits
 
 
-def test_presets_share_keys():
-    keys = lambda d, p="": {p + k for k in d} | {x for k, v in d.items() if isinstance(v, dict) and k != "network"  # noqa
-                                                  for x in keys(v, p + k + ".")}
-    raw = [yaml.safe_load(p.read_text()) for p in PRESETS]
-    assert all(keys(r) == keys(raw[0]) for r in raw)
+def test_overlay_replaces_only_what_it_names(tmp_path):
+    base = config.load(ROOT / "params.yaml")
+    tiny = config.load(with_overlays(tmp_path, "tiny"))
+    over = yaml.safe_load((ROOT / "presets" / "tiny.yaml").read_text())
+    assert tiny.net("resnet50").width == over["network"]["resnet50"]["width"] != base.net("resnet50").width
+    assert tiny.net("resnet50").float_lr == base.net("resnet50").float_lr  # not in the overlay: kept
+    assert tiny.hessian.samples == over["hessian"]["samples"]
+    assert tiny.frontier.methods == base.frontier.methods
 
 
-def write(tmp_path, mutate):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    mutate(raw)
-    p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump(raw))
-    return p
+def test_overlays_are_small_and_never_set_scale():
+    for o in OVERLAYS:
+        raw = yaml.safe_load(o.read_text()) or {}
+        assert "scale" not in raw
+        assert len(o.read_text().splitlines()) < 70, f"{o.name} should state only what differs"
+
+
+def test_overlay_errors(tmp_path):
+    p = write(tmp_path, lambda r: r.update(scale="tiny"))   # no presets/ beside it
+    with pytest.raises(ConfigError, match=r"overlay .*tiny\.yaml of scale 'tiny' is missing"):
+        config.load(p)
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "tiny.yaml").write_text("network:\n  resnet50:\n    widht: 0.5\n")
+    with pytest.raises(ConfigError, match=r"^network\.resnet50\.widht: unknown key"):
+        config.load(p)
+    (tmp_path / "presets" / "tiny.yaml").write_text("scale: paper\n")
+    with pytest.raises(ConfigError, match="must not set scale"):
+        config.load(p)
+    with pytest.raises(ConfigError, match=r"^.*scale: must be one of"):
+        config.load(write(tmp_path, lambda r: r.update(scale="huge")))
+
+
+def test_merge():
+    assert config.merge({"a": {"b": 1, "c": 2}, "d": [1]}, {"a": {"b": 3}, "d": [2]}) == {"a": {"b": 3, "c": 2}, "d": [2]}
+
+
+def test_method_sections_come_from_the_registry():
+    cfg = config.load(ROOT / "params.yaml")
+    from mpq import methods
+    sections = {m.section for m in methods.METHODS.values() if m.section}
+    assert set(cfg.methods) == sections
+    assert cfg.alps.epochs > 0 and cfg.eagl.variant
+    with pytest.raises(AttributeError):
+        cfg.nonexistent
 
 
 @pytest.mark.parametrize("mutate,pattern", [
@@ -40,6 +92,12 @@ def write(tmp_path, mutate):
     (lambda r: r["network"]["resnet50"].update(batch_size="big"), r"batch_size: must be an integer"),
     (lambda r: r.update(networks=["vgg16"]), r"^networks: unknown network 'vgg16'"),
     (lambda r: r.update(device="tpu"), r"^device: must be auto, cpu or cuda"),
+    (lambda r: r.update(networks=[]), r"^networks: must list at least one network"),
+    (lambda r: r.pop("hessian"), r"^hessian: missing key: the settings of method 'hessian'"),
+    (lambda r: r["alps"].update(epochs=0), r"^alps\.epochs: must be > 0"),
+    (lambda r: r["eagl"].update(variant="x"), r"^eagl\.variant: must be one of"),
+    (lambda r: r["frontier"].update(methods=["eagl", "foo"]), r"^frontier\.methods: unknown method \['foo'\]"),
+    (lambda r: r["report"].update(tolerance=-1), r"^report\.tolerance: must be >= 0"),
     (lambda r: r["quant"].update(low_bits=4), r"^quant\.low_bits: must be below start_bits"),
     (lambda r: r.update(colour="blue"), r"^colour: unknown key"),
     (lambda r: r["data"].update(segmentation_format="voc"), r"^data\.segmentation_format: must be"),

@@ -50,7 +50,7 @@ def test_changed_recipe_retrains_and_later_steps_refuse_stale_checkpoints(micro_
     cfg = config.load(micro_params)
     Experiment(cfg, "resnet50", progress=False).baselines(tmp_path)
     before = {n: (tmp_path / n).stat().st_mtime_ns for n in ("float.pt", "uniform4.pt", "uniform2.pt")}
-    changed = write_params(tmp_path / "p.yaml", base=str(micro_params), network__resnet50__quant_lr=0.02)
+    changed = write_params(tmp_path / "p.yaml", base=micro_params, network__resnet50__quant_lr=0.02)
     exp = Experiment(config.load(changed), "resnet50", progress=False)
     with pytest.raises(checkpoint.CheckpointMismatch, match="other settings.*rerun `mpq baselines`"):
         exp.sensitivity("eagl", tmp_path)
@@ -145,14 +145,14 @@ def test_frontier_runs_resumes_and_summarises(micro_params, tmp_path):
     import pandas as pd
 
     import mpq
-    from mpq import frontier
+    from mpq import frontier, frontier_run
 
     cfg = config.load(micro_params)
     exp = Experiment(cfg, "resnet50", progress=False)
     exp.baselines(tmp_path)
     for m in ("eagl", "hessian"):
         exp.sensitivity(m, tmp_path)
-    table = exp.frontier(tmp_path, methods=("eagl", "hessian", "random"))
+    table = frontier_run.run(exp, tmp_path, names=("eagl", "hessian", "random"))
     pts = cfg.allocate.points
     seeds = len(cfg.frontier.seeds)
     # uniform ends + eagl/hessian at each interior target for each seed + random per seed
@@ -170,7 +170,7 @@ def test_frontier_runs_resumes_and_summarises(micro_params, tmp_path):
     assert {"auc", "recovers_fp_at", "metric_mean", "metric_std"} <= set(summary.columns)
     # a rerun computes nothing and gives the same table
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "records" / "frontier").iterdir()}
-    again = exp.frontier(tmp_path, methods=("eagl", "hessian", "random"))
+    again = frontier_run.run(exp, tmp_path, names=("eagl", "hessian", "random"))
     pd.testing.assert_frame_equal(again, table)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "records" / "frontier").iterdir()} == mtimes
 
@@ -191,12 +191,12 @@ def test_paper_scale_path_on_a_fake_imagenet_folder(tmp_path):
     over.update({f"network__resnet50__{k}": v for k, v in dict(
         width=0.0625, input_size=32, batch_size=4, pretrained=False, float_epochs=1, quant_epochs=0.5,
         train_size=None, eval_size=None).items()})
-    params = write_params(tmp_path / "paper.yaml", base="presets/paper.yaml", **over)
+    params = write_params(tmp_path / "paper.yaml", scale="paper", **over)
     exp = Experiment(config.load(params), "resnet50", progress=False)
     assert (len(exp.data.train), len(exp.data.val), len(exp.data.test), exp.data.num_classes) == (20, 4, 8, 2)
     res = exp.baselines(tmp_path / "res")
     assert set(res) == {"float", "uniform4", "uniform2"}
     assert exp.sensitivity("eagl", tmp_path / "res").table.shape[0] == 52
-    missing = write_params(tmp_path / "p2.yaml", base=str(params), data__imagenet=str(tmp_path / "nowhere"))
+    missing = write_params(tmp_path / "p2.yaml", base=params, data__imagenet=str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="data.imagenet"):
         Experiment(config.load(missing), "resnet50", progress=False).data

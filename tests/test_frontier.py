@@ -15,7 +15,8 @@ SENS = {l: {4: 0.0, 2: float(6 - i)} for i, l in enumerate(LAYERS)}
 
 def test_plan_covers_methods_targets_and_uniform_ends():
     rnd = lambda seed: {l: {4: 0.0, 2: float(np.random.default_rng(seed).random())} for l in LAYERS}  # noqa
-    pts = frontier.plan({"eagl": SENS, "random": rnd}, COST, points=3, seeds=[0, 1], start_bits=4, low_bits=2)
+    pts = frontier.plan({"eagl": SENS, "random": rnd}, COST, points=3, seeds=[0, 1], start_bits=4, low_bits=2,
+                         per_seed=["random"])
     uni = [p for p in pts if p.method == UNIFORM]
     assert [p.target for p in uni] == [1.0, pytest.approx(2.0)]
     assert set(uni[0].bits.values()) == {4} and set(uni[1].bits.values()) == {2}

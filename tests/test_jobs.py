@@ -1,4 +1,4 @@
-"""mpq.jobs: bits applied, determinism, keys, reuse, stale records, names, worker pool, no fine-tune.
+"""mpq.jobs and mpq.records: bits applied, determinism, keys, reuse, stale records, pool, no fine-tune.
 
 A tiny quantized conv net (3 candidate convs, 8-bit stem and fc) on random 8x8
 inputs, so that a job takes milliseconds.
@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 import mpq
-from mpq import jobs
+from mpq import jobs, records
 from mpq.data import make_loader
 from mpq.jobs import Job, JobContext
 from mpq.train import FitSettings, evaluate
@@ -41,7 +41,7 @@ def ctx() -> JobContext:
         mpq.calibrate(q, [x[:BATCH]])
     common = dict(teacher=None, settings=SETTINGS, batch_size=BATCH, task="classification", num_classes=4,
                   ignore_index=255)
-    key = jobs.context_key(q, train_size=N_TRAIN, eval_size=N_EVAL, **common)
+    key = records.context_key(q, train_size=N_TRAIN, eval_size=N_EVAL, **common)
     return JobContext(model=q, train=train, eval_set=test, device="cpu", record_dir=None, base_key=key,
                       **common)
 
@@ -88,7 +88,7 @@ def test_full_assignment_changes_exactly_those_layers(ctx, monkeypatch):
         assert torch.equal(state[f"{name}.weight"], start[f"{name}.weight"])
     assert all(torch.equal(v, start[k]) for k, v in q.state_dict().items())  # the start model is untouched
     assert set(mpq.get_bits(q).values()) == {4, 8}
-    assert rec["format"] == jobs.RECORD_FORMAT and rec["name"] == "full" and rec["bits"] == FULL
+    assert rec["format"] == records.RECORD_FORMAT and rec["name"] == "full" and rec["bits"] == FULL
     assert rec["seed"] == 0 and rec["worker"] == "main" and rec["device"].startswith("cpu")
     assert rec["steps"] == N_TRAIN // BATCH and rec["train_samples"] == N_TRAIN
     assert rec["eval_samples"] == N_EVAL and rec["teacher_samples"] == 0
@@ -98,20 +98,25 @@ def test_full_assignment_changes_exactly_those_layers(ctx, monkeypatch):
         again = jobs.run_job(ctx, Job("full", FULL, 0))
     assert fields(again) == fields(rec)
     # the key: the job's bits (in any order) and seed, not its name
-    key = jobs.job_key(ctx.base_key, Job("full", FULL, 0))
-    assert rec["key"] == key == jobs.job_key(ctx.base_key, Job("other", dict(reversed(FULL.items())), 0))
-    assert jobs.job_key(ctx.base_key, Job("full", {**FULL, "conv3": 2}, 0)) != key
-    assert jobs.job_key(ctx.base_key, Job("full", FULL, 1)) != key
-    assert jobs.job_key("another context", Job("full", FULL, 0)) != key
+    key = records.job_key(ctx.base_key, Job("full", FULL, 0))
+    assert rec["key"] == key == records.job_key(ctx.base_key, Job("other", dict(reversed(FULL.items())), 0))
+    assert records.job_key(ctx.base_key, Job("full", {**FULL, "conv3": 2}, 0)) != key
+    assert records.job_key(ctx.base_key, Job("full", FULL, 1)) != key
+    assert records.job_key("another context", Job("full", FULL, 0)) != key
+    # an extended context key: another key for another base or other extra values, the same for the same
+    extended = records.extend_key(ctx.base_key, {"low_bits": 2})
+    assert extended not in (ctx.base_key, records.extend_key(ctx.base_key, {"low_bits": 3}),
+                            records.extend_key("another context", {"low_bits": 2}))
+    assert extended == records.extend_key(ctx.base_key, {"low_bits": 2})
     assert hash(Job("full", FULL, 0)) == hash(Job("full", dict(FULL), 0))
     # the context key follows the inputs
     common = dict(teacher=None, settings=SETTINGS, batch_size=BATCH, task="classification", num_classes=4,
                   ignore_index=255, train_size=N_TRAIN, eval_size=N_EVAL)
-    assert jobs.context_key(q, **common) == ctx.base_key
-    assert jobs.context_key(q, **{**common, "eval_size": N_EVAL + 1}) != ctx.base_key
-    assert jobs.context_key(q, **common, extra={"low_bits": 2}) != ctx.base_key
+    assert records.context_key(q, **common) == ctx.base_key
+    assert records.context_key(q, **{**common, "eval_size": N_EVAL + 1}) != ctx.base_key
+    assert records.context_key(q, **common, extra={"low_bits": 2}) != ctx.base_key
     moved = mpq.set_bits(copy.deepcopy(q), {"conv3": 3})
-    assert jobs.context_key(moved, **common) != ctx.base_key
+    assert records.context_key(moved, **common) != ctx.base_key
 
 
 def test_records_are_reused_and_stale_ones_recomputed(ctx, tmp_path, monkeypatch):
@@ -127,37 +132,39 @@ def test_records_are_reused_and_stale_ones_recomputed(ctx, tmp_path, monkeypatch
     assert len(files) == 3 and "start.json" in files and "full.json" in files
     assert not list(tmp_path.glob(".*.tmp"))
     for job in job_list:
-        assert json.loads(jobs.record_path(tmp_path, job.name).read_text()) == first[job.name]
+        assert json.loads(records.record_path(tmp_path, job.name).read_text()) == first[job.name]
     # a rerun computes nothing and returns the identical records (seconds and all)
     calls.clear()
     again, stats = run(c, job_list)
     assert calls == [] and again == first and stats["run"] == 0 and stats["reused"] == 3
     assert stats["train_samples"] == 0 and stats["devices"] == []
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")} == files
+    assert records.valid_records(tmp_path, job_list, c.base_key) == first
+    records.wait_for_records(tmp_path, job_list, c.base_key, poll_seconds=60)  # all there: returns at once
     # the same names with another seed or other bits: the key differs, recomputed and overwritten
     changed = [Job("start", {}, 1), Job("full", {**FULL, "conv3": 2}, 0), job_list[2]]
     other, stats = run(c, changed)
     assert calls == ["start", "full"] and stats["run"] == 2 and stats["reused"] == 1
     assert other["a/b"] == first["a/b"] and other["full"]["bits"]["conv3"] == 2
     assert other["start"]["key"] != first["start"]["key"] and other["start"]["seed"] == 1
-    assert jobs.read_record(tmp_path, job_list[0], c.base_key) is None
-    assert jobs.read_record(tmp_path, changed[0], c.base_key) == other["start"]
+    assert records.read_record(tmp_path, job_list[0], c.base_key) is None
+    assert records.read_record(tmp_path, changed[0], c.base_key) == other["start"]
     # another context (e.g. other settings): nothing is reused
-    assert jobs.read_record(tmp_path, changed[2], "another context") is None
+    assert records.read_record(tmp_path, changed[2], "another context") is None
     # a record under another job's name, a truncated one, garbage: not reused
-    path = jobs.record_path(tmp_path, "a/b")
-    assert jobs.read_record(tmp_path, replace(changed[2], name="a_b"), c.base_key) is None
+    path = records.record_path(tmp_path, "a/b")
+    assert records.read_record(tmp_path, replace(changed[2], name="a_b"), c.base_key) is None
     path.write_text(path.read_text()[:50])
-    assert jobs.read_record(tmp_path, changed[2], c.base_key) is None
+    assert records.read_record(tmp_path, changed[2], c.base_key) is None
     path.write_bytes(b"\x00\xff garbage")
     calls.clear()
     fixed, _ = run(c, changed)
     assert calls == ["a/b"] and fields(fixed["a/b"]) == fields(first["a/b"])
     # record file names: module-like names as they are; anything else sanitised without collisions
-    assert jobs.record_path(tmp_path, "layer3.4.conv2").name == "layer3.4.conv2.json"
-    assert jobs.record_path(tmp_path, "a/b") != jobs.record_path(tmp_path, "a_b")
-    assert jobs.record_path(tmp_path, "..").parent == tmp_path
-    assert len(jobs.record_path(tmp_path, "x" * 1000).name) < 200
+    assert records.record_path(tmp_path, "layer3.4.conv2").name == "layer3.4.conv2.json"
+    assert records.record_path(tmp_path, "a/b") != records.record_path(tmp_path, "a_b")
+    assert records.record_path(tmp_path, "..").parent == tmp_path
+    assert len(records.record_path(tmp_path, "x" * 1000).name) < 200
 
 
 def test_bad_jobs(ctx):
@@ -202,12 +209,12 @@ def test_no_finetune(ctx, monkeypatch):
 
     monkeypatch.setattr(jobs, "fit", no_training)
     c = replace(ctx, settings=replace(SETTINGS, epochs=0), train=TensorDataset(torch.zeros(0, 3, 8, 8)))
-    records, stats = run(c, [Job("start", {}, 0), Job("full", FULL, 0)])
+    recs, stats = run(c, [Job("start", {}, 0), Job("full", FULL, 0)])
     assert stats["train_samples"] == 0 and stats["eval_samples"] == 2 * N_EVAL
     loader = make_loader(ctx.eval_set, batch_size=BATCH, train=False)
     with one_thread():
         for name, bits in (("start", {}), ("full", FULL)):
-            rec = records[name]
+            rec = recs[name]
             assert rec["steps"] == 0 and math.isnan(rec["train_loss"])
             model = mpq.set_bits(copy.deepcopy(ctx.model), bits)
             assert rec["metric"] == evaluate(model, loader, task="classification", num_classes=4)

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from mpq import allocate
-from mpq.baselines import random_scores
+from mpq.controls import random_scores
 from mpq.sensitivity import COLUMNS, SCORE_FLOOR, CostRecord, Sensitivity, allocator_table
 
 
