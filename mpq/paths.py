@@ -1,7 +1,8 @@
 """Where things live, relative to the repository root (the working directory).
 
 Per-network results go to ``results/<network>/``; report figures and tables to
-``results/report/``. Changing a layout here changes it everywhere.
+``report/`` (outside ``results/``, so that the report stage can depend on the
+whole ``results/`` folder). Changing a layout here changes it everywhere.
 """
 from __future__ import annotations
 
@@ -29,5 +30,5 @@ def network_dir(network: str, root: str | Path = RESULTS) -> Path:
     return Path(root) / network
 
 
-def report_dir(root: str | Path = RESULTS) -> Path:
-    return Path(root) / "report"
+def report_dir() -> Path:
+    return Path("report")

@@ -8,8 +8,10 @@ canvases whatever backend a notebook has selected. ``style()`` is the one
 style every figure is drawn under (a context manager, so a notebook's own
 settings are left alone afterwards).
 
-Colours, markers and display names are fixed per method in ``PALETTE``,
-``MARKERS`` and ``LABELS`` so a method looks the same in every figure.
+Colours, markers and display names of the selection methods come from the
+method registry (``mpq.methods``), so a method looks the same in every figure;
+``REFERENCE_STYLE`` holds those of the lines that are not methods (uniform,
+float).
 """
 from __future__ import annotations
 
@@ -24,38 +26,28 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-__all__ = ["PALETTE", "MARKERS", "LABELS", "VARIANT_PALETTE", "COST_LINESTYLES", "DPI", "style", "save",
-           "label", "frontier", "sensitivity_profiles", "rank_scatter", "compute_time", "ablation"]
+from . import methods as registry
+from .cost import COSTS
 
-# seaborn's colour-blind palette, one colour per method, the same in every figure
-PALETTE = {
-    "eagl": "#0173b2",     # blue
-    "alps": "#de8f05",     # orange
-    "hessian": "#029e73",  # green
-    "noft": "#cc78bc",     # pink
-    "random": "#949494",   # grey
-    "uniform": "#000000",  # black
-    "float": "#404040",
-}
-MARKERS = {"eagl": "o", "alps": "s", "hessian": "^", "noft": "D", "random": "v", "uniform": "*"}
-LABELS = {"eagl": "EAGL", "alps": "ALPS", "hessian": "Hessian (HAWQ)", "noft": "No-FT drop (AIMET)",
-          "random": "Random", "uniform": "Uniform", "float": "Float"}
-# EAGL variants (ablation) and cost models (line styles)
-VARIANT_PALETTE = {"entropy": "#0173b2", "entropy_x_params": "#56b4e9", "entropy_drop": "#d55e00",
-                   "alps": "#000000"}
-VARIANT_LABELS = {"entropy": "EAGL: entropy", "entropy_x_params": "EAGL: entropy x params",
-                  "entropy_drop": "EAGL: entropy drop 4->2", "alps": "ALPS (optimum of the proxy)"}
-COST_LINESTYLES = {"throughput": "-", "bops": "--", "size": ":"}
+__all__ = ["REFERENCE_STYLE", "COST_LINESTYLES", "DPI", "style", "save", "label", "frontier",
+           "sensitivity_profiles", "rank_scatter", "compute_time", "ablation"]
+
+# the lines that are not selection methods: (colour, marker, label)
+REFERENCE_STYLE = {"uniform": ("#000000", "*", "Uniform"), "float": ("#404040", "", "Float")}
+# one line style per cost model, in mpq.cost.COSTS order (throughput, bops, size)
+COST_LINESTYLES = dict(zip(COSTS, ("-", "--", ":", "-.")))
+# the ablation's extra variant colours (a method's first variant takes the method's own colour)
+_VARIANT_COLOURS = ("#56b4e9", "#d55e00", "#009e73", "#f0e442")
 DPI = 150
 
 
 def label(method: str) -> str:
-    """Display name of a method (``eagl`` -> ``EAGL``); unknown names pass through."""
-    return LABELS.get(method, method)
+    """Display name of a method (``eagl`` -> ``EAGL``) or reference line; unknown names pass through."""
+    return REFERENCE_STYLE[method][2] if method in REFERENCE_STYLE else registry.label(method)
 
 
 def _color(method: str) -> str:
-    return PALETTE.get(method, "#333333")
+    return REFERENCE_STYLE[method][0] if method in REFERENCE_STYLE else registry.color(method)
 
 
 @contextlib.contextmanager
@@ -109,7 +101,7 @@ def frontier(curves: pd.DataFrame, *, float_metric: float, tolerance: float, met
             continue
         part = part.sort_values("rel_throughput")
         ax.errorbar(part["rel_throughput"], part["metric_mean"], yerr=part["metric_std"],
-                    color=_color(method), marker=MARKERS.get(method, "o"), label=label(method),
+                    color=_color(method), marker=registry.marker(method), label=label(method),
                     alpha=0.9, zorder=3)
     if not uni.empty:
         ax.errorbar(uni["rel_throughput"], uni["metric_mean"], yerr=uni["metric_std"], fmt="none",
@@ -121,10 +113,10 @@ def frontier(curves: pd.DataFrame, *, float_metric: float, tolerance: float, met
                                             ["all 4-bit", "all 2-bit"], [10, -10], ["left", "right"]):
                 ax.annotate(name, (x, y), xytext=(dx, 9), textcoords="offset points", ha=ha, fontsize=9.5,
                             fontweight="bold")
-    ax.axhline(float_metric, color=PALETTE["float"], linestyle="--", linewidth=1.5,
+    ax.axhline(float_metric, color=_color("float"), linestyle="--", linewidth=1.5,
                label=f"Float ({float_metric:.1f})", zorder=2)
     if tolerance > 0:
-        ax.axhspan(float_metric - tolerance, float_metric, color=PALETTE["float"], alpha=0.12, lw=0,
+        ax.axhspan(float_metric - tolerance, float_metric, color=_color("float"), alpha=0.12, lw=0,
                    label=f"within {tolerance:g} pt of float", zorder=1)
     ax.set_xlabel("Relative throughput vs all-4-bit (x)")
     ax.set_ylabel(metric_label)
@@ -180,10 +172,11 @@ def sensitivity_profiles(profiles: Sequence[tuple[str, pd.DataFrame]], *, method
 
 
 def rank_scatter(panels: Sequence[dict]) -> Figure:
-    """Per-layer scatter of a method's score against ALPS's, one row per network.
+    """Per-layer scatter of a method's score against the reference method's (ALPS), one row per network.
 
-    ``panels``: dicts with ``row`` (network title), ``method``, ``x`` (ALPS
-    scores), ``y`` (the method's scores), ``spearman``, ``kendall`` and ``ylabel``.
+    ``panels``: dicts with ``row`` (network title), ``method``, ``reference``,
+    ``x`` (the reference's scores), ``y`` (the method's scores), ``spearman``,
+    ``kendall``, ``xlabel`` and ``ylabel``.
     """
     rows = list(dict.fromkeys(p["row"] for p in panels))
     cols = list(dict.fromkeys(p["method"] for p in panels))
@@ -192,13 +185,13 @@ def rank_scatter(panels: Sequence[dict]) -> Figure:
     for p in panels:
         ax = axes[rows.index(p["row"]), cols.index(p["method"])]
         x, y = np.asarray(p["x"], float), np.asarray(p["y"], float)
-        ax.scatter(x, y, s=30, color=_color(p["method"]), marker=MARKERS.get(p["method"], "o"),
+        ax.scatter(x, y, s=30, color=_color(p["method"]), marker=registry.marker(p["method"]),
                    edgecolor="white", linewidth=0.5, alpha=0.85)
         if len(y) and np.all(y > 0) and y.max() / y.min() > 100:
             ax.set_yscale("log")
-        ax.set_xlabel("ALPS score (metric drop, points)")
+        ax.set_xlabel(p["xlabel"])
         ax.set_ylabel(p["ylabel"])
-        ax.set_title(f"{p['row']}: {label(p['method'])} vs ALPS\n"
+        ax.set_title(f"{p['row']}: {label(p['method'])} vs {label(p['reference'])}\n"
                      f"Spearman $\\rho$ = {_num(p['spearman'])}, Kendall $\\tau$ = {_num(p['kendall'])} "
                      f"({len(x)} layers)", fontsize=11)
     return fig
@@ -263,12 +256,30 @@ def _seconds(s: float) -> str:
 # --------------------------------------------------------------------------- F7
 
 
-def ablation(frame: pd.DataFrame, *, network_titles: dict[str, str]) -> Figure:
-    """EAGL variants x cost models: ALPS-predicted drop and overlap with ALPS's choice, per target.
+def _variant_styles(reference: str) -> dict[str, tuple[str, str]]:
+    """``{variant: (colour, label)}``: every registered method's ablation variants, then the reference.
 
-    ``frame``: ``network, cost, target, variant, alps_predicted_drop, jaccard_vs_alps``
-    (``variant == "alps"`` rows are ALPS's own choice: the proxy's optimum).
+    A method's first variant takes the method's own colour, the next ones the
+    extra colours in order; the reference (the proxy's optimum) is black.
     """
+    styles = {}
+    for m in registry.METHODS.values():
+        for i, v in enumerate(m.variants):
+            colour = m.color if i == 0 else _VARIANT_COLOURS[(i - 1) % len(_VARIANT_COLOURS)]
+            styles[v] = (colour, f"{m.label}: {v.replace('_', ' ')}")
+    styles[reference] = ("#000000", f"{label(reference)} (optimum of the proxy)")
+    return styles
+
+
+def ablation(frame: pd.DataFrame, *, network_titles: dict[str, str], reference: str) -> Figure:
+    """Score variants x cost models: the reference-predicted drop and overlap with the reference's choice.
+
+    ``frame``: ``network, cost, target, variant, <reference>_predicted_drop,
+    jaccard_vs_<reference>`` (``variant == reference`` rows are the reference
+    method's own choice: the proxy's optimum).
+    """
+    ref_label = label(reference)
+    styles = _variant_styles(reference)
     nets = list(dict.fromkeys(frame["network"]))
     fig = Figure(figsize=(12, 1.2 + 3.6 * len(nets)), layout="constrained")
     axes = np.array(fig.subplots(len(nets), 2, squeeze=False))
@@ -276,26 +287,27 @@ def ablation(frame: pd.DataFrame, *, network_titles: dict[str, str]) -> Figure:
         part = frame[frame.network == net]
         for (variant, kind), line in part.groupby(["variant", "cost"], sort=False):
             line = line.sort_values("target")
-            kw = {"color": VARIANT_PALETTE.get(variant, "#333333"),
-                  "linestyle": COST_LINESTYLES.get(kind, "-"), "marker": "o", "markersize": 4.5,
-                  "label": f"{VARIANT_LABELS.get(variant, variant)}, {kind}"}
-            axes[r, 0].plot(line["target"], line["alps_predicted_drop"], **kw)
-            if variant != "alps":
-                axes[r, 1].plot(line["target"], line["jaccard_vs_alps"], **kw)
+            colour, name = styles.get(variant, ("#333333", variant))
+            kw = {"color": colour, "linestyle": COST_LINESTYLES.get(kind, "-"), "marker": "o", "markersize": 4.5,
+                  "label": f"{name}, {kind}"}
+            axes[r, 0].plot(line["target"], line[f"{reference}_predicted_drop"], **kw)
+            if variant != reference:
+                axes[r, 1].plot(line["target"], line[f"jaccard_vs_{reference}"], **kw)
         title = network_titles.get(net, net)
-        axes[r, 0].set_title(f"{title}: ALPS-predicted drop of the choice")
-        axes[r, 0].set_ylabel("sum of ALPS scores\nof 2-bit layers (points)")
-        axes[r, 1].set_title(f"{title}: overlap with ALPS's choice")
+        axes[r, 0].set_title(f"{title}: {ref_label}-predicted drop of the choice")
+        axes[r, 0].set_ylabel(f"sum of {ref_label} scores\nof 2-bit layers (points)")
+        axes[r, 1].set_title(f"{title}: overlap with {ref_label}'s choice")
         axes[r, 1].set_ylabel("Jaccard of 2-bit sets")
         axes[r, 1].set_ylim(-0.03, 1.03)
         for ax in axes[r]:
             ax.set_xlabel("Relative target vs all-4-bit (x, in the cost model's units)")
     from matplotlib.lines import Line2D
-    variants = [v for v in VARIANT_PALETTE if v in set(frame["variant"])]
+    variants = [v for v in styles if v in set(frame["variant"])]
     kinds = [k for k in COST_LINESTYLES if k in set(frame["cost"])]
-    handles = [Line2D([], [], color=VARIANT_PALETTE[v], marker="o", label=VARIANT_LABELS[v]) for v in variants]
+    handles = [Line2D([], [], color=styles[v][0], marker="o", label=styles[v][1]) for v in variants]
     handles += [Line2D([], [], color="#555555", linestyle=COST_LINESTYLES[k], label=f"cost: {k}") for k in kinds]
     fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=9.5)
-    fig.suptitle("Ablation: EAGL variant x cost model (ALPS-predicted drop = training-free additive proxy, "
-                 "lower is better)", fontsize=11.5)
+    varied = " / ".join(m.label for m in registry.METHODS.values() if m.variants)
+    fig.suptitle(f"Ablation: {varied} variant x cost model ({ref_label}-predicted drop = training-free "
+                 "additive proxy, lower is better)", fontsize=11.5)
     return fig

@@ -25,9 +25,9 @@ def test_baseline_table_matches_the_committed_results():
 
 def test_readme_embeds_the_committed_frontier_figures():
     readme = (ROOT / "README.md").read_text()
-    for fig in re.findall(r"!\[[^\]]*\]\((results/report/[^)]+\.png)\)", readme):
+    for fig in re.findall(r"!\[[^\]]*\]\((report/[^)]+\.png)\)", readme):
         assert (ROOT / fig).is_file(), fig
-    assert "results/report/F1_frontier_resnet50.png" in readme
+    assert "report/F1_frontier_resnet50.png" in readme
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch):

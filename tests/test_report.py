@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mpq import cost, frontier, report, tables
+from mpq import claims, cost, frontier, methods, report, results, tables
+
+SETTINGS = {"start_bits": 4, "low_bits": 2, "tolerance": 0.1, "compute_factor": 100.0, "cost_kind": "throughput"}
 
 NETWORKS = ("resnet50", "pspnet")
 FLOAT = {"resnet50": 90.0, "pspnet": 60.0}
@@ -83,7 +85,8 @@ def write_results(root, network: str, *, agree: bool = True, n: int = 12, seeds=
     alloc = {m: {r.layer: {4: 0.0, 2: float(r.score)} for r in scores[m].itertuples()} for m in scores if m != "random"}
     alloc["random"] = lambda seed: {l: {4: 0.0, 2: float(v)}  # noqa: E731
                                     for l, v in zip(cands, np.random.default_rng(seed).random(n))}
-    plan = frontier.plan(alloc, table, points=points, seeds=seeds, start_bits=4, low_bits=2, fixed_cost=fixed)
+    plan = frontier.plan(alloc, table, points=points, seeds=seeds, start_bits=4, low_bits=2, fixed_cost=fixed,
+                         per_seed=["random"])
     all4 = {first: 8, **{l: 4 for l in cands}, last: 8}
     rows = []
     for p in plan:
@@ -106,7 +109,7 @@ def built(tmp_path_factory):
     for net in NETWORKS:
         write_results(root, net)
     out = tmp_path_factory.mktemp("report") / "report"
-    return root, out, report.build(root, out, NETWORKS, scale="embedded")
+    return root, out, report.build(root, out, list(NETWORKS), scale="embedded", **SETTINGS)
 
 
 def test_every_declared_output_exists_and_is_valid(built):
@@ -141,12 +144,12 @@ def test_tables_have_their_columns_and_numbers(built):
     _numbers_ok(t1, ["float", "uniform4", "uniform4_std", "uniform2", "uniform2_std", "uniform4_baseline",
                      "uniform2_baseline"])
     # EAGL and ALPS rank layers like the truth: one of them recovers float above 1.0x on each network
-    fp_at = {m: pd.to_numeric(t1[f"{m}_fp_at"], errors="coerce") for m in report.METHODS}
+    fp_at = {m: pd.to_numeric(t1[f"{m}_fp_at"], errors="coerce") for m in methods.names()}
     assert ((fp_at["eagl"] > 1.0) | (fp_at["alps"] > 1.0)).all() and (fp_at["alps"] > 1.0).all()
     assert fp_at["random"].isna().all() and set(t1.random_fp_at) == {"none"}
     t2 = pd.read_csv(out / "T2_matched_throughput.csv")
     assert len(t2) == 2 * 3
-    _numbers_ok(t2, ["target"] + [f"{m}_{k}" for m in report.METHODS for k in ("mean", "std", "rel_throughput")])
+    _numbers_ok(t2, ["target"] + [f"{m}_{k}" for m in methods.names() for k in ("mean", "std", "rel_throughput")])
     assert (t2.eagl_mean > t2.random_mean).all()
     t3 = pd.read_csv(out / "T3_compute_time.csv")
     assert {"seconds", "device_seconds", "device", "workers", "forward_passes", "backward_passes", "epochs",
@@ -181,7 +184,7 @@ def test_metrics_json_is_dvc_readable(built):
     m = json.loads((out / "metrics.json").read_text(), parse_constant=no_nan)
     assert set(m) == set(NETWORKS)
     r = m["resnet50"]
-    assert r["float"] == 90.0 and set(r["auc"]) == set(report.METHODS)
+    assert r["float"] == 90.0 and set(r["auc"]) == set(methods.names())
     assert set(r["seconds"]) == {"eagl", "alps", "hessian"} and r["recovers_fp_at"]["eagl"] > 1.0
 
 
@@ -200,7 +203,7 @@ def test_claims_hold_on_agreeing_data(built):
 def test_claims_flip_when_the_data_disagree(tmp_path):
     for net in NETWORKS:
         write_results(tmp_path, net, agree=False)
-    t4 = report.assess(tmp_path, NETWORKS, scale="embedded")
+    t4 = report.assess(tmp_path, list(NETWORKS), scale="embedded", tolerance=0.1, compute_factor=100.0)
     assert list(t4.verdict) == ["not reproduced at embedded scale"] * 4
 
 
@@ -213,32 +216,32 @@ def _facts(recover: bool = True, auc_ours: float = 80.0, eagl_s: float = 0.01) -
 
 
 def test_verdict_functions_both_ways():
-    assert report.claim_recovery(_facts(), tolerance=0.1)[0] == "reproduced"
-    assert report.claim_recovery(_facts(recover=False), tolerance=0.1)[0] == "not reproduced"
+    assert claims.claim_recovery(_facts(), tolerance=0.1)[0] == "reproduced"
+    assert claims.claim_recovery(_facts(recover=False), tolerance=0.1)[0] == "not reproduced"
     mixed = _facts()
     mixed["resnet101"]["curves"]["eagl"] = mixed["resnet101"]["curves"]["alps"] = [(1.2, 50.0)]
-    assert report.claim_recovery(mixed, tolerance=0.1)[0] == "partially reproduced"
+    assert claims.claim_recovery(mixed, tolerance=0.1)[0] == "partially reproduced"
     # a point at exactly 1.0x (the all-4-bit start) does not count
     at_one = _facts()
     for m in ("eagl", "alps"):
         at_one["resnet50"]["curves"][m] = at_one["resnet101"]["curves"][m] = [(1.0, 90.0), (1.3, 80.0)]
-    assert report.claim_recovery(at_one, tolerance=0.1)[0] == "not reproduced"
-    assert report.claim_frontier(_facts())[0] == "reproduced"
-    assert report.claim_frontier(_facts(auc_ours=74.0))[0] == "not reproduced"
+    assert claims.claim_recovery(at_one, tolerance=0.1)[0] == "not reproduced"
+    assert claims.claim_frontier(_facts())[0] == "reproduced"
+    assert claims.claim_frontier(_facts(auc_ours=74.0))[0] == "not reproduced"
     half = _facts()
     half["resnet50"]["auc"]["alps"] = 60.0
-    assert report.claim_frontier(half)[0] == "partially reproduced"
-    assert report.claim_segmentation(_facts(), tolerance=0.1)[0] == "reproduced"
-    assert report.claim_segmentation(_facts(recover=False, auc_ours=60.0), tolerance=0.1)[0] == "not reproduced"
-    assert report.claim_compute(_facts())[0] == "reproduced"          # 1000x and 10000x
-    assert report.claim_compute(_facts(eagl_s=2.0))[0] == "not reproduced"   # 5x and 50x
-    assert report.claim_compute(_facts(eagl_s=0.5))[0] == "partially reproduced"  # 20x fails, 200x holds
+    assert claims.claim_frontier(half)[0] == "partially reproduced"
+    assert claims.claim_segmentation(_facts(), tolerance=0.1)[0] == "reproduced"
+    assert claims.claim_segmentation(_facts(recover=False, auc_ours=60.0), tolerance=0.1)[0] == "not reproduced"
+    assert claims.claim_compute(_facts(), factor=100.0)[0] == "reproduced"          # 1000x and 10000x
+    assert claims.claim_compute(_facts(eagl_s=2.0), factor=100.0)[0] == "not reproduced"   # 5x and 50x
+    assert claims.claim_compute(_facts(eagl_s=0.5), factor=100.0)[0] == "partially reproduced"  # 20x fails, 200x holds
     # missing networks: not testable, or at most partial
     only_psp = {"pspnet": _facts()["pspnet"]}
-    assert report.claim_recovery(only_psp, tolerance=0.1)[0] == "not testable"
-    assert report.claim_segmentation({}, tolerance=0.1)[0] == "not testable"
-    assert report.claim_recovery({"resnet50": _facts()["resnet50"]}, tolerance=0.1)[0] == "partially reproduced"
-    t4 = report.claims(only_psp, tolerance=0.1, scale="paper")
+    assert claims.claim_recovery(only_psp, tolerance=0.1)[0] == "not testable"
+    assert claims.claim_segmentation({}, tolerance=0.1)[0] == "not testable"
+    assert claims.claim_recovery({"resnet50": _facts()["resnet50"]}, tolerance=0.1)[0] == "partially reproduced"
+    t4 = claims.claims(only_psp, tolerance=0.1, compute_factor=100.0, scale="paper")
     assert list(t4.verdict) == ["not testable at paper scale", "not testable at paper scale",
                                 "reproduced at paper scale", "reproduced at paper scale"]
 
@@ -247,15 +250,15 @@ def test_missing_input_names_the_file_and_the_step(tmp_path):
     write_results(tmp_path, "resnet50", n=4, seeds=(0,), points=1)
     (tmp_path / "resnet50" / "sensitivity" / "hessian_cost.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"hessian_cost\.json.*mpq sensitivity .*--method hessian"):
-        report.load_network(tmp_path, "resnet50")
+        results.load_network(tmp_path, "resnet50")
     (tmp_path / "resnet50" / "frontier.csv").unlink()
     with pytest.raises(FileNotFoundError) as e:
-        report.build(tmp_path, tmp_path / "out", ["resnet50"], scale="tiny")
+        report.build(tmp_path, tmp_path / "out", ["resnet50"], scale="tiny", **SETTINGS)
     msg = str(e.value)
     assert "\n" not in msg and "frontier.csv" in msg and "`mpq frontier" in msg
     assert not (tmp_path / "out").exists()
     with pytest.raises(FileNotFoundError, match=r"baselines\.json.*`mpq baselines"):
-        report.load_network(tmp_path, "resnet101")
+        results.load_network(tmp_path, "resnet101")
 
 
 def test_markdown_writer():

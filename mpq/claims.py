@@ -1,0 +1,236 @@
+"""The paper's claims (T4): plain functions of a small ``facts`` dictionary per network.
+
+``network_facts`` reduces one network's results to the numbers the claims are
+judged on; ``claims`` turns every network's facts into T4's rows (claim,
+evidence, verdict). Which networks speak to which claim is a fact of the
+network registry (``NetworkSpec.claims``); which methods are the paper's and
+which are compared is the method registry's ``role``; the tolerance and the
+compute threshold are settings (``report`` in ``params.yaml``). A test can
+build facts where a claim holds and where it fails.
+
+Verdicts: all items of a claim hold -> reproduced (partially if some network
+was not run); some hold -> partially reproduced; none -> not reproduced.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from . import methods
+from .networks import NETWORKS
+from .results import NetworkResults
+
+__all__ = ["CLAIMS", "PAPER_CHEAP_METHOD", "network_facts", "recovers_at", "claim_recovery", "claim_frontier",
+           "claim_segmentation", "claim_compute", "claims", "claim_networks", "mixes", "title", "ratio",
+           "times", "PAPER_COSTLY_METHODS"]
+
+_EPS = 1e-9
+
+CLAIMS = {
+    "C1": "A 4/2-bit mix recovers full-precision accuracy (within tolerance) at a throughput above 1.0x "
+          "for ResNet-50 and ResNet-101, with EAGL or ALPS",
+    "C2": "EAGL and ALPS give a better accuracy-throughput frontier than the leading layer-selection "
+          "methods (Hessian/HAWQ, no-fine-tune drop/AIMET, random)",
+    "C3": "Equivalent results (claims 1-2) for PSPNet semantic segmentation (mIoU)",
+    "C4": "EAGL reaches a solution with orders of magnitude less compute than Hessian and ALPS",
+}
+# C4 is a statement about named methods: the data-free one against the two that need data and training.
+PAPER_CHEAP_METHOD = "eagl"
+PAPER_COSTLY_METHODS = ("hessian", "alps")
+
+
+def title(network: str) -> str:
+    """Display title of a network (its name when it is not registered)."""
+    return NETWORKS[network].title if network in NETWORKS else network
+
+
+def claim_networks(claim: str) -> list[str]:
+    """The registered networks that are evidence for ``claim`` (``NetworkSpec.claims``)."""
+    return [n for n, spec in NETWORKS.items() if claim in spec.claims]
+
+
+def _ours() -> list[str]:
+    return methods.names(role="proposed")
+
+
+def _compared() -> list[str]:
+    return methods.names(role=("baseline", "control"))
+
+
+def mixes(summary: pd.DataFrame, method: str) -> list[tuple[float, float]]:
+    """A method's own configurations ``(rel_throughput, metric_mean)``, without the shared uniform ends."""
+    part = summary[(summary.method == method) & ~summary["uniform_end"]].sort_values("rel_throughput")
+    return [(float(x), float(y)) for x, y in zip(part["rel_throughput"], part["metric_mean"])]
+
+
+def recovers_at(curve: Sequence[tuple[float, float]], float_metric: float, tolerance: float
+                ) -> tuple[float, float] | None:
+    """The point of highest throughput whose mean metric is within ``tolerance`` of float, or None."""
+    ok = [(x, y) for x, y in curve if y >= float_metric - tolerance - _EPS]
+    return max(ok) if ok else None
+
+
+def network_facts(net: NetworkResults, summary: pd.DataFrame) -> dict[str, Any]:
+    """The numbers the claims are judged on, as plain data.
+
+    ``{"float", "curves": {method: [(rel_throughput, metric_mean), ...]}, "auc":
+    {method: auc}, "device_seconds": {method: s}}``. ``curves`` hold each
+    method's own mixes (the interior targets, mean over seeds), not the uniform
+    ends every method shares; ``auc`` is ``mpq.frontier.summarize``'s (ends included).
+    """
+    methods = net.frontier_methods
+    auc = {m: float(summary.loc[summary.method == m, "auc"].iloc[0]) for m in methods
+           if (summary.method == m).any()}
+    return {"float": net.float_metric, "curves": {m: mixes(summary, m) for m in methods}, "auc": auc,
+            "device_seconds": {m: float(c["seconds"]) * int(c.get("workers", 1) or 1) for m, c in net.costs.items()}}
+
+
+def _verdict(passes: Sequence[bool], missing: Sequence[str]) -> str:
+    """All items hold -> reproduced (partially if some were not testable); some -> partially; none -> not."""
+    if not passes:
+        return "not testable"
+    if all(passes):
+        return "partially reproduced" if missing else "reproduced"
+    return "partially reproduced" if any(passes) else "not reproduced"
+
+
+def _recovery_items(facts: Mapping[str, Mapping], networks: Sequence[str], tolerance: float
+                    ) -> tuple[list[bool], list[str]]:
+    passes, words = [], []
+    for net in networks:
+        f = facts[net]
+        fp = f["float"]
+        parts = []
+        ok_any = False
+        for m in _ours():
+            curve = [(x, y) for x, y in f["curves"].get(m, []) if x > 1.0 + _EPS]
+            if m not in f["curves"]:
+                parts.append(f"{methods.label(m)} not run")
+                continue
+            hit = recovers_at(curve, fp, tolerance)
+            if hit:
+                ok_any = True
+                parts.append(f"{methods.label(m)} {hit[1]:.2f} at {hit[0]:.2f}x")
+            elif curve:
+                best = max(curve, key=lambda p: p[1])
+                parts.append(f"{methods.label(m)} none above 1.0x (best {best[1]:.2f} at {best[0]:.2f}x)")
+            else:
+                parts.append(f"{methods.label(m)} no point above 1.0x")
+        passes.append(ok_any)
+        words.append(f"{title(net)} (float {fp:.2f}, tolerance {tolerance:g}): " + ", ".join(parts)
+                     + (" -> recovered" if ok_any else " -> not recovered"))
+    return passes, words
+
+
+def claim_recovery(facts: Mapping[str, Mapping], *, tolerance: float,
+                   networks: Sequence[str] | None = None) -> tuple[str, str]:
+    """Claim 1: per network (default: those of C1), does a proposed method reach a point above 1.0x
+    within ``tolerance`` of float?"""
+    networks = claim_networks("C1") if networks is None else networks
+    present = [n for n in networks if n in facts]
+    missing = [n for n in networks if n not in facts]
+    passes, words = _recovery_items(facts, present, tolerance)
+    return _verdict(passes, missing), _join(words, missing)
+
+
+def _frontier_items(facts: Mapping[str, Mapping], networks: Sequence[str]) -> tuple[list[bool], list[str]]:
+    passes, words = [], []
+    for net in networks:
+        auc = facts[net]["auc"]
+        base = {m: auc[m] for m in _compared() if m in auc and math.isfinite(auc[m])}
+        ours = {m: auc[m] for m in _ours() if m in auc and math.isfinite(auc[m])}
+        if not base or not ours:
+            words.append(f"{title(net)}: no {'baseline' if not base else 'EAGL/ALPS'} frontier to compare")
+            continue
+        best = max(base, key=base.get)
+        verdicts = [f"{methods.label(m)} {v:.2f} ({'>=' if v >= base[best] - _EPS else '<'})" for m, v in ours.items()]
+        passes += [v >= base[best] - _EPS for v in ours.values()]
+        words.append(f"{title(net)} frontier AUC (mean metric over the throughput span): "
+                     + ", ".join(verdicts) + f" vs best baseline {methods.label(best)} {base[best]:.2f}")
+    return passes, words
+
+
+def claim_frontier(facts: Mapping[str, Mapping], *, networks: Sequence[str] | None = None) -> tuple[str, str]:
+    """Claim 2: per network (default: those of C2), the AUC of every proposed method >= the best
+    AUC of the baselines and controls."""
+    networks = claim_networks("C2") if networks is None else networks
+    present = [n for n in networks if n in facts]
+    missing = [n for n in networks if n not in facts]
+    passes, words = _frontier_items(facts, present)
+    return _verdict(passes, missing), _join(words, missing)
+
+
+def claim_segmentation(facts: Mapping[str, Mapping], *, tolerance: float,
+                       networks: Sequence[str] | None = None) -> tuple[str, str]:
+    """Claim 3: claims 1 and 2 on the segmentation network(s) (default: those of C3; mIoU)."""
+    networks = claim_networks("C3") if networks is None else networks
+    present = [n for n in networks if n in facts]
+    missing = [n for n in networks if n not in facts]
+    p1, w1 = _recovery_items(facts, present, tolerance)
+    p2, w2 = _frontier_items(facts, present)
+    return _verdict(p1 + p2, missing), _join(w1 + w2, missing)
+
+
+def claim_compute(facts: Mapping[str, Mapping], *, networks: Sequence[str] | None = None,
+                  factor: float) -> tuple[str, str]:
+    """Claim 4: the data-free method's device-seconds <= 1/``factor`` of each costly method's, per network
+    (``PAPER_CHEAP_METHOD`` vs ``PAPER_COSTLY_METHODS``: EAGL vs Hessian and ALPS)."""
+    networks = list(facts) if networks is None else networks
+    present = [n for n in networks if n in facts]
+    passes, words = [], []
+    for net in present:
+        s = facts[net]["device_seconds"]
+        cheap = PAPER_CHEAP_METHOD
+        if cheap not in s:
+            words.append(f"{title(net)}: {methods.label(cheap)}'s compute time not recorded")
+            continue
+        e = s[cheap]
+        parts = [f"{methods.label(cheap)} {_sec(e)}"]
+        for m in PAPER_COSTLY_METHODS:
+            if m in s:
+                r = ratio(s[m], e)
+                passes.append(r >= factor)
+                parts.append(f"{methods.label(m)} {_sec(s[m])} ({times(r)} {methods.label(cheap)})")
+        a, b = PAPER_COSTLY_METHODS[1], PAPER_COSTLY_METHODS[0]
+        if a in s and b in s:
+            parts.append(f"{methods.label(a)}/{methods.label(b).split(' (')[0]} {times(ratio(s[a], s[b]))}")
+        words.append(f"{title(net)} device-seconds: " + ", ".join(parts))
+    words.append(f"threshold: {factor:g}x")
+    return _verdict(passes, [n for n in networks if n not in facts]), "; ".join(words)
+
+
+def claims(facts: Mapping[str, Mapping], *, tolerance: float, compute_factor: float, scale: str,
+           networks: Sequence[str] | None = None) -> pd.DataFrame:
+    """T4: one row per claim (``id, claim, evidence, verdict``), verdicts suffixed with the scale."""
+    rows = [("C1", *claim_recovery(facts, tolerance=tolerance)),
+            ("C2", *claim_frontier(facts)),
+            ("C3", *claim_segmentation(facts, tolerance=tolerance)),
+            ("C4", *claim_compute(facts, networks=networks, factor=compute_factor))]
+    return pd.DataFrame([{"id": cid, "claim": CLAIMS[cid], "evidence": ev, "verdict": f"{v} at {scale} scale"}
+                         for cid, v, ev in rows])
+
+
+def _join(words: Sequence[str], missing: Sequence[str]) -> str:
+    out = list(words)
+    if missing:
+        out.append("not run here: " + ", ".join(title(n) for n in missing))
+    return "; ".join(out) if out else "no data"
+
+
+def ratio(a: float, b: float) -> float:
+    if b > 0:
+        return a / b
+    return math.inf if a > 0 else 1.0
+
+
+def times(r: float) -> str:
+    return "inf x" if not math.isfinite(r) else (f"{r:,.0f}x" if r >= 10 else f"{r:.2f}x")
+
+
+def _sec(s: float) -> str:
+    return f"{s:.3g} s"
+
+

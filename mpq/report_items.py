@@ -1,0 +1,267 @@
+"""The report's items as frames: every table and the data behind every figure.
+
+Each function takes the per-network results (``mpq.results.NetworkResults``)
+and returns tidy ``pandas`` frames; ``mpq.report.build`` writes them (tables
+through ``mpq.tables``, figures through ``mpq.plots``). Nothing here trains or
+evaluates a model: the allocations of F4 and the ablation are recomputed from
+the score tables and ``layers.csv`` with ``mpq.allocate.sweep`` (the same exact
+MILP the frontier used). Methods are read from the method registry: the
+profiled ones (``profile``), the reference the others are read against
+(``reference``: ALPS) and those with ablation variants (``variants``: EAGL).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from . import allocate, methods
+from .claims import PAPER_CHEAP_METHOD, mixes, ratio, recovers_at
+from .results import NetworkResults
+from .sensitivity import allocator_table
+
+__all__ = ["ABLATION_COSTS", "reference_method", "profiles", "rank_correlations", "compute_table", "headline",
+           "matched", "ablation", "metrics", "clean", "device_seconds", "profiled_methods"]
+
+ABLATION_COSTS = ("throughput", "bops")   # the cost models the ablation compares (mpq.cost.COSTS)
+
+
+def reference_method() -> str:
+    """The registry's reference method (ALPS): the measured scores the others are read against."""
+    refs = [m.name for m in methods.METHODS.values() if m.reference]
+    if len(refs) != 1:
+        raise ValueError(f"the method registry needs exactly one reference method, has {refs}")
+    return refs[0]
+
+
+def profiled_methods() -> list[str]:
+    """Methods drawn per layer (F4) and against the reference (F5): the registry's ``profile`` flag."""
+    return [m.name for m in methods.METHODS.values() if m.profile]
+
+
+def device_seconds(record: Mapping[str, Any]) -> float:
+    """Device-seconds of a cost record: wall seconds x workers."""
+    return float(record["seconds"]) * int(record.get("workers", 1) or 1)
+
+
+def _low_set(bits: Mapping[str, int], low_bits: int) -> set[str]:
+    return {l for l, b in bits.items() if b == low_bits}
+
+
+def _allocate(net: NetworkResults, scores: Mapping[str, float], kind: str, targets: Sequence[float],
+              start_bits: int, low_bits: int, model: tuple | None = None) -> list[set[str]]:
+    """The low-bit layer set chosen at each target (exact MILP, the frontier's allocator)."""
+    table, fixed = model or net.cost_model(kind, start_bits, low_bits)
+    top = allocate.max_relative(table, reference_bits=start_bits, fixed_cost=fixed)
+    targets = [min(float(t), top) for t in targets]
+    allocs = allocate.sweep(allocator_table(scores, start_bits, low_bits), table, targets,
+                            reference_bits=start_bits, fixed_cost=fixed)
+    return [_low_set(a.bits, low_bits) for a in allocs]
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return 1.0 if not a and not b else len(a & b) / len(a | b)
+
+
+def profiles(nets: Sequence[NetworkResults], *, cost_kind: str, start_bits: int, low_bits: int
+             ) -> list[tuple[str, pd.DataFrame]]:
+    """F4: per network, each profiled method's normalised scores and its low-bit layers at the
+    middle frontier target."""
+    out = []
+    for net in nets:
+        targets = net.interior_targets()
+        target = targets[len(targets) // 2] if targets else None
+        model = net.cost_model(cost_kind, start_bits, low_bits)
+        rows = []
+        for m in profiled_methods():
+            s = net.scores(m)
+            low = _allocate(net, s, cost_kind, [target], start_bits, low_bits, model)[0] if target else set()
+            v = np.array(list(s.values()))
+            span = v.max() - v.min()
+            norm = (v - v.min()) / span if span > 0 else np.zeros_like(v)
+            rows += [{"method": m, "layer": l, "index": i, "score": s[l], "norm": float(n), "low": l in low}
+                     for i, (l, n) in enumerate(zip(s, norm))]
+        where = f"at the {target:.2f}x {cost_kind} target (middle of the frontier)" if target else "(no target)"
+        out.append((f"{net.title}: layers each method sends to {low_bits} bits {where}",
+                    pd.DataFrame(rows)))
+    return out
+
+
+def rank_correlations(nets: Sequence[NetworkResults]) -> tuple[pd.DataFrame, list[dict]]:
+    """T5 and F5: every method's scores against the reference's (ALPS), per network."""
+    rows, panels = [], []
+    ref = reference_method()
+    for net in nets:
+        ref_scores = net.scores(ref)
+        for m in [m for m in methods.names() if m != ref and m in net.sensitivity]:
+            s = net.scores(m)
+            x = np.array([ref_scores[l] for l in s])
+            y = np.array([s[l] for l in s])
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", stats.ConstantInputWarning)  # constant scores: NaN, reported n/a
+                rho = stats.spearmanr(y, x) if len(x) > 2 else None
+                tau = stats.kendalltau(y, x) if len(x) > 2 else None
+            row = {"network": net.network, "method": m,
+                   "spearman": float(rho.statistic) if rho else math.nan,
+                   "spearman_p": float(rho.pvalue) if rho else math.nan,
+                   "kendall": float(tau.statistic) if tau else math.nan,
+                   "kendall_p": float(tau.pvalue) if tau else math.nan, "layers": len(x)}
+            rows.append(row)
+            if m in profiled_methods():
+                panels.append({"row": net.title, "method": m, "x": x, "y": y, "reference": ref,
+                               "spearman": row["spearman"], "kendall": row["kendall"],
+                               "ylabel": methods.get(m).score_label or f"{methods.label(m)} score",
+                               "xlabel": methods.get(ref).score_label})
+    return pd.DataFrame(rows), panels
+
+
+def compute_table(nets: Sequence[NetworkResults]) -> pd.DataFrame:
+    """T3 and F6: each method's recorded cost, and its ratio to the data-free method's (C4)."""
+    rows = []
+    cheap = PAPER_CHEAP_METHOD
+    for net in nets:
+        e = device_seconds(net.costs[cheap]) if cheap in net.costs else math.nan
+        for m in [m for m in methods.names() if m in net.costs]:
+            c = net.costs[m]
+            workers = int(c.get("workers", 1) or 1)
+            ds = device_seconds(c)
+            rows.append({"network": net.network, "method": m, "seconds": float(c["seconds"]), "device_seconds": ds,
+                         "device": str(c.get("device", "")), "workers": workers,
+                         "forward_passes": int(c.get("forward_passes", 0) or 0),
+                         "backward_passes": int(c.get("backward_passes", 0) or 0),
+                         "epochs": float(c.get("epochs", 0.0) or 0.0),
+                         f"ratio_to_{cheap}": ratio(ds, e) if math.isfinite(e) else math.nan,
+                         "units": "seconds (CPU here; GPU-hours at paper scale = device_seconds/3600)"})
+    return pd.DataFrame(rows)
+
+
+def headline(nets: Sequence[NetworkResults], summaries: Mapping[str, pd.DataFrame],
+             uniforms: Mapping[str, pd.DataFrame], tolerance: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """T1: float, the uniform ends, and per method its cheapest own mix within tolerance of float."""
+    rows, show = [], []
+    shown = [m for m in methods.names() if any(m in n.frontier_methods for n in nets)]
+    for net in nets:
+        u = uniforms[net.network]
+        ends = {"uniform4": u.iloc[0] if len(u) else None, "uniform2": u.iloc[-1] if len(u) > 1 else None}
+        row = {"network": net.network, "metric": net.metric_name, "float": net.float_metric}
+        for k, r in ends.items():
+            row[k] = float(r["metric_mean"]) if r is not None else math.nan
+            row[f"{k}_std"] = float(r["metric_std"]) if r is not None else math.nan
+            row[f"{k}_baseline"] = float(net.baselines.get(k, {}).get("metric", math.nan))
+        disp = {"network": net.title, "metric": net.metric_name, "float": f"{net.float_metric:.2f}",
+                "uniform 4-bit": _pm(row["uniform4"], row["uniform4_std"]),
+                "uniform 2-bit": _pm(row["uniform2"], row["uniform2_std"]),
+                "4-bit (baselines step)": f"{row['uniform4_baseline']:.2f}",
+                "2-bit (baselines step)": f"{row['uniform2_baseline']:.2f}"}
+        for m in shown:
+            if m not in net.frontier_methods:
+                row[f"{m}_fp_at"] = row[f"{m}_fp_metric"] = disp[methods.label(m)] = "not run"
+                continue
+            hit = recovers_at(mixes(summaries[net.network], m), net.float_metric, tolerance)
+            row[f"{m}_fp_at"] = round(hit[0], 4) if hit else "none"
+            row[f"{m}_fp_metric"] = round(hit[1], 4) if hit else "none"
+            disp[methods.label(m)] = f"{hit[0]:.2f}x ({hit[1]:.2f})" if hit else "none"
+        rows.append(row)
+        show.append(disp)
+    return pd.DataFrame(rows), pd.DataFrame(show)
+
+
+def _pm(mean: float, std: float) -> str:
+    return "n/a" if not math.isfinite(mean) else f"{mean:.2f} ± {std:.2f}"
+
+
+def matched(nets: Sequence[NetworkResults], summaries: Mapping[str, pd.DataFrame]
+            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """T2: each method's mean ± std at every interior target."""
+    rows, show = [], []
+    for net in nets:
+        s = summaries[net.network]
+        for t in net.interior_targets():
+            at = s[np.isclose(s["target"], t)]
+            row = {"network": net.network, "target": t}
+            disp = {"network": net.title, "target": f"{t:.3f}x"}
+            for m in net.frontier_methods:
+                r = at[at.method == m]
+                mean = float(r["metric_mean"].iloc[0]) if len(r) else math.nan
+                std = float(r["metric_std"].iloc[0]) if len(r) else math.nan
+                row[f"{m}_mean"], row[f"{m}_std"] = mean, std
+                row[f"{m}_rel_throughput"] = float(r["rel_throughput"].iloc[0]) if len(r) else math.nan
+                disp[methods.label(m)] = _pm(mean, std)
+            rows.append(row)
+            show.append(disp)
+    return pd.DataFrame(rows), pd.DataFrame(show)
+
+
+def _variant_scores(net: NetworkResults, method: str, variant: str) -> dict[str, float]:
+    """``{layer: score}`` of one of ``method``'s variants, over the candidates, from its table."""
+    series = methods.variant_function(method)(net.sensitivity[method], variant)
+    return {layer: float(series[layer]) for layer in net.candidates}
+
+
+def ablation(nets: Sequence[NetworkResults], *, start_bits: int, low_bits: int) -> pd.DataFrame:
+    """T6 and F7: every variant of the methods that have variants (EAGL) x cost model, each choice
+    read through the reference's scores (ALPS: a training-free additive proxy of the drop)."""
+    rows = []
+    ref = reference_method()
+    varied = [m for m in methods.METHODS.values() if m.variants]
+    for net in nets:
+        n = len(net.interior_targets())
+        if n == 0:
+            continue
+        ref_scores = net.scores(ref)
+        for kind in ABLATION_COSTS:
+            model = net.cost_model(kind, start_bits, low_bits)
+            targets = allocate.target_grid(model[0], n + 2, reference_bits=start_bits, fixed_cost=model[1])[1:-1]
+            best_sets = _allocate(net, ref_scores, kind, targets, start_bits, low_bits, model)
+            choices = [(v, _allocate(net, _variant_scores(net, m.name, v), kind, targets, start_bits, low_bits,
+                                     model)) for m in varied for v in m.variants] + [(ref, best_sets)]
+            for variant, sets in choices:
+                for t, low, best in zip(targets, sets, best_sets):
+                    rows.append({"network": net.network, "cost": kind, "target": float(t), "variant": variant,
+                                 "n_low": len(low), f"{ref}_predicted_drop": float(sum(ref_scores[l] for l in low)),
+                                 f"{ref}_optimal_drop": float(sum(ref_scores[l] for l in best)),
+                                 f"jaccard_vs_{ref}": _jaccard(low, best)})
+    return pd.DataFrame(rows)
+
+
+def clean(v: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(v, Mapping):
+        return {str(k): clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [clean(x) for x in v]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(v) else None
+    return v
+
+
+def metrics(nets: Sequence[NetworkResults], summaries: Mapping[str, pd.DataFrame],
+            uniforms: Mapping[str, pd.DataFrame], facts: Mapping[str, Mapping], tolerance: float) -> dict:
+    """metrics.json: the headline numbers per network (``dvc metrics show``)."""
+    out = {}
+    for net in nets:
+        u, f = uniforms[net.network], facts[net.network]
+        rec = {}
+        for m in net.frontier_methods:
+            hit = recovers_at(f["curves"][m], net.float_metric, tolerance)
+            rec[m] = hit[0] if hit else None
+        out[net.network] = {
+            "float": net.float_metric,
+            "uniform4": net.baselines.get("uniform4", {}).get("metric"),
+            "uniform2": net.baselines.get("uniform2", {}).get("metric"),
+            "uniform4_frontier": float(u["metric_mean"].iloc[0]) if len(u) else None,
+            "uniform2_frontier": float(u["metric_mean"].iloc[-1]) if len(u) > 1 else None,
+            "auc": f["auc"], "recovers_fp_at": rec,
+            "seconds": {m: float(net.costs[m]["seconds"]) for m in profiled_methods() if m in net.costs},
+            "device_seconds": {m: f["device_seconds"][m] for m in profiled_methods() if m in f["device_seconds"]},
+        }
+    return clean(out)
+
+
