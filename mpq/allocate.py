@@ -11,34 +11,33 @@ better). With one binary ``x[l,b]`` per (layer, bits)::
                 x[l,b] = x[m,b]                      for layers l, m in one group
                 x[l,b] in {0, 1}
 
-``solve`` hands this to HiGHS through ``scipy.optimize.milp`` and gets the exact
-optimum (relative and absolute MIP gaps set to zero). ``greedy`` is the usual
+``solve`` hands this to HiGHS through ``scipy.optimize.milp`` and gets the
+optimum (MIP gaps set to zero), one solve per budget. ``greedy`` is the usual
 sensitivity-per-saved-cost heuristic, kept as the comparison the MILP must beat.
 
-Exactness and ties. HiGHS accepts rows violated by up to its feasibility
-tolerance (1e-7), more than the 1e-9 relative slack this module grants the
-budget for float noise. So every answer is re-checked in exact (``math.fsum``)
-arithmetic and an assignment that breaks a row is excluded by a no-good cut
-(``sum of its chosen binaries <= layers - 1``, which removes that one
-assignment and nothing else) before solving again. Equal-score optima are
-common (ALPS scores are differences of accuracies on a finite validation split;
-repeated blocks have identical costs), so the answer among them is fixed by a
-lexicographic three-stage solve rather than by a mixed objective with an
-epsilon, which no epsilon makes sound for arbitrary float data:
+Ties. Equal-score optima are common (ALPS scores are differences of accuracies
+on a finite validation split; repeated blocks have identical costs), so the
+answer among them is fixed by a lexicographic rule: least summed score, then
+least total cost, then the least weight ``sum_l (n - i_l) * level_l``, where
+``i_l`` is the layer's position in sorted-name order and ``level_l`` the rank
+of its choice (0 = most bits). So, among answers equal in score and cost, the
+earlier layers (sorted names) keep the higher precision (a weighted rather
+than strictly lexicographic order, which would need weights ``2**-i``, below
+any solver's resolution). The three criteria are folded into one objective
+with nested weights; ``mpq.allocate_milp`` gives the weights, their margins
+against HiGHS's tolerances and the precise guarantee: the rule holds exactly
+unless a feasible assignment near-ties the rule's answer, with a score less
+than a resolution ``Delta_s`` above the optimum (at most 1e-4 of the largest
+per-layer score spread, and no larger than any gap between the score changes
+of single layers) or, at the optimal score, a cost less than ``Delta_c`` above
+the least; the answer is then within those resolutions of the rule's.
 
-1. minimise the summed sensitivity: ``S*``;
-2. keep ``score <= S* + 1e-9 max(1, S*)`` (scores in units of the largest
-   per-layer spread of sensitivity) and minimise the total cost: ``C*``;
-3. keep both, with ``cost <= C* (1 + 1e-9)``, and minimise ``sum_l (n - i_l) * level_l``, where ``i_l`` is the
-   layer's position in sorted-name order and ``level_l`` the rank of its choice
-   (0 = most bits). So, among answers equal in score and cost, the earlier
-   layers (sorted names) keep the higher precision. The weights are integers,
-   so this stage is exact; it is a weighted rather than strictly lexicographic
-   order (that would need weights ``2**-i``, below any solver's resolution).
-
-Variables are laid out in canonical order (layers sorted by name, bits
-descending), so the answer does not depend on the insertion order of the input
-dictionaries, and HiGHS, deterministic for a given model, breaks any tie left.
+Exactness. Every answer is re-checked in exact (``math.fsum``) arithmetic
+against the budget, which may be exceeded by a relative 1e-9 (float noise)
+and never by HiGHS's tolerance. Variables are laid out in canonical order
+(layers sorted by name, bits descending; ``mpq.allocate_instance``), so the
+answer does not depend on the insertion order of the input dictionaries, and
+HiGHS, deterministic for a given model, breaks any tie left.
 
 Relative values. A sweep is indexed by a *relative* target ``T = reference /
 achieved``: ``reference = fixed_cost + sum_l c[l][reference_bits]`` (every
@@ -57,45 +56,21 @@ import heapq
 import math
 import numbers
 import time
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import sparse
-from scipy.optimize import Bounds, LinearConstraint, milp
+
+from .allocate_instance import (Groups, InfeasibleBudget, Instance, Table, budget_tolerance, check_budget,
+                                prepare)
+from .allocate_milp import Model
 
 __all__ = ["InfeasibleBudget", "Allocation", "SOLVERS", "solve", "greedy", "sweep",
            "max_relative", "target_grid"]
 
-Table = Mapping[str, Mapping[int, float]]
-Groups = Sequence[Sequence[str]]
-
 SOLVERS = ("milp", "greedy")
 MIN_TARGET = 1e-6          # smallest relative target accepted (targets must be positive)
-BUDGET_RTOL = 1e-9         # slack on the budget, relative to the scale of the costs
-TIE_RTOL = 1e-9            # scores (costs) this close count as equal in stages 2 (3)
-_MAX_CUTS = 32             # no-good cuts per stage before giving up on that stage
-# Zero gaps: HiGHS's defaults (1e-4 relative, 1e-6 absolute) stop short of the optimum.
-# scipy passes options it does not list (mip_abs_gap) to HiGHS verbatim, with a warning.
-_HIGHS_OPTIONS = {"mip_rel_gap": 0.0, "mip_abs_gap": 0.0}
-
-
-class InfeasibleBudget(ValueError):
-    """No assignment fits the budget: even the cheapest one costs more.
-
-    ``budget`` and ``min_cost`` are absolute costs of the candidate layers;
-    ``max_relative`` is set when the budget came from a relative target.
-    """
-
-    def __init__(self, budget: float, min_cost: float, message: str | None = None, *,
-                 max_relative: float | None = None) -> None:
-        self.budget = budget
-        self.min_cost = min_cost
-        self.max_relative = max_relative
-        super().__init__(message or f"budget {budget:.6g} is below the smallest achievable "
-                                    f"cost {min_cost:.6g} (every layer at its cheapest choice)")
 
 
 @dataclass(frozen=True)
@@ -125,273 +100,10 @@ class Allocation:
                 "solver": self.solver, "seconds": float(self.seconds)}
 
 
-# --------------------------------------------------------------------------- instance
-
-
-@dataclass(frozen=True, eq=False)
-class _Instance:
-    """A validated problem in canonical order: layers by name, each layer's bits descending.
-
-    Binary ``j`` is (layer ``layer[j]``, ``bits[j]``); layer ``i`` owns the
-    binaries ``start[i]:start[i+1]`` and ``level`` is ``j - start[layer[j]]``.
-    ``units`` are the sets of layer indices that share one precision (groups,
-    and singletons for the rest), sorted by their first layer.
-    """
-
-    names: tuple[str, ...]       # sorted layer names
-    caller_order: tuple[str, ...]
-    start: np.ndarray            # (n_layers + 1,)
-    layer: np.ndarray            # (n_vars,)
-    level: np.ndarray            # (n_vars,)
-    bits: np.ndarray             # (n_vars,)
-    sens: np.ndarray             # (n_vars,)
-    cost: np.ndarray             # (n_vars,)
-    units: tuple[tuple[int, ...], ...]
-
-    def unit_table(self, unit: Sequence[int], values: np.ndarray) -> list[float]:
-        """``values`` summed over the unit's layers, per choice level (shared by the unit)."""
-        width = self.start[unit[0] + 1] - self.start[unit[0]]
-        return [math.fsum(values[self.start[i] + k] for i in unit) for k in range(width)]
-
-    def min_cost(self) -> float:
-        """Smallest total cost over all assignments that respect the groups."""
-        return math.fsum(min(self.unit_table(u, self.cost)) for u in self.units)
-
-    def cost_scale(self) -> float:
-        """Largest possible total: what budget tolerances are relative to."""
-        return math.fsum(self.cost[self.start[i]:self.start[i + 1]].max() for i in range(len(self.names)))
-
-    def total(self, chosen: np.ndarray, values: np.ndarray) -> float:
-        return math.fsum(values[chosen])
-
-    def to_bits(self, chosen: np.ndarray) -> dict[str, int]:
-        by_name = {self.names[self.layer[j]]: int(self.bits[j]) for j in chosen}
-        return {name: by_name[name] for name in self.caller_order}
-
-
-def _check_choices(layer: str, table: Any, what: str, *, nonnegative: bool) -> dict[int, float]:
-    if not isinstance(table, Mapping) or not table:
-        raise ValueError(f"layer {layer!r}: {what} must be a non-empty mapping bits -> value")
-    out: dict[int, float] = {}
-    for b, v in table.items():
-        if isinstance(b, bool) or not isinstance(b, numbers.Integral) or b <= 0:
-            raise ValueError(f"layer {layer!r}: bits must be positive integers, got {b!r}")
-        if not isinstance(v, numbers.Real) or not math.isfinite(v) or (nonnegative and v < 0):
-            kind = "a finite non-negative number" if nonnegative else "a finite number"
-            raise ValueError(f"layer {layer!r}: {what} at {b} bits must be {kind}, got {v!r}")
-        out[int(b)] = float(v)
-    return out
-
-
-def _check_tables(sensitivity: Table | None, cost: Table) -> dict[str, tuple[dict, dict]]:
-    if not isinstance(cost, Mapping):
-        raise ValueError("cost must be a mapping layer -> {bits: cost}")
-    for name in cost:
-        if not isinstance(name, str):
-            raise ValueError(f"layer names must be strings, got {name!r}")
-    if sensitivity is not None:
-        if not isinstance(sensitivity, Mapping):
-            raise ValueError("sensitivity must be a mapping layer -> {bits: score}")
-        unknown = sorted(str(k) for k in sensitivity if k not in cost)
-        if unknown:
-            raise ValueError(f"sensitivity names layers that have no cost: {unknown}")
-    tables = {}
-    for name, choices in cost.items():
-        c = _check_choices(name, choices, "cost", nonnegative=True)
-        if sensitivity is None:
-            s = dict.fromkeys(c, 0.0)
-        elif name not in sensitivity:
-            raise ValueError(f"layer {name!r} has a cost but no sensitivity")
-        else:
-            s = _check_choices(name, sensitivity[name], "sensitivity", nonnegative=False)
-        if set(s) != set(c):
-            raise ValueError(f"layer {name!r}: sensitivity bits {sorted(s)} differ from cost bits {sorted(c)}")
-        tables[name] = (s, c)
-    return tables
-
-
-def _units(names: Sequence[str], choice_sets: Sequence[tuple[int, ...]],
-           groups: Groups | None) -> tuple[tuple[int, ...], ...]:
-    """Union the groups (they may overlap) into sets of layer indices with one precision."""
-    index = {n: i for i, n in enumerate(names)}
-    parent = list(range(len(names)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for group in groups or ():
-        if isinstance(group, str) or not isinstance(group, Sequence):
-            raise ValueError(f"each group must be a list of layer names, got {group!r}")
-        for name in group:
-            if name not in index:
-                raise ValueError(f"group names unknown layer {name!r}")
-            if choice_sets[index[name]] != choice_sets[index[group[0]]]:
-                raise ValueError(f"grouped layers {group[0]!r} and {name!r} have different bits choices: "
-                                 f"{list(choice_sets[index[group[0]]])} vs {list(choice_sets[index[name]])}")
-            parent[root(index[name])] = root(index[group[0]])
-    members: dict[int, list[int]] = {}
-    for i in range(len(names)):
-        members.setdefault(root(i), []).append(i)
-    return tuple(sorted(tuple(m) for m in members.values()))
-
-
-def _prepare(sensitivity: Table | None, cost: Table, groups: Groups | None) -> _Instance:
-    """Validate the inputs and lay the binaries out in canonical order."""
-    tables = _check_tables(sensitivity, cost)
-    names = tuple(sorted(tables))
-    choice_sets = [tuple(sorted(tables[n][1], reverse=True)) for n in names]
-    sizes = np.array([len(c) for c in choice_sets], dtype=np.int64)
-    start = np.concatenate([[0], np.cumsum(sizes)])
-    layer = np.repeat(np.arange(len(names)), sizes)
-    return _Instance(
-        names=names, caller_order=tuple(cost), start=start, layer=layer,
-        level=np.arange(int(start[-1])) - start[layer],
-        bits=np.array([b for c in choice_sets for b in c], dtype=np.int64),
-        sens=np.array([tables[n][0][b] for n, c in zip(names, choice_sets) for b in c], dtype=float),
-        cost=np.array([tables[n][1][b] for n, c in zip(names, choice_sets) for b in c], dtype=float),
-        units=_units(names, choice_sets, groups))
-
-
-def _budget_tolerance(inst: _Instance, budget: float) -> float:
-    return BUDGET_RTOL * max(abs(budget), inst.cost_scale())
-
-
-def _check_budget(inst: _Instance, budget: float) -> float:
-    """The slack granted to ``budget``; raises InfeasibleBudget if nothing fits."""
-    if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not math.isfinite(budget):
-        raise ValueError(f"budget must be a finite number, got {budget!r}")
-    tol = _budget_tolerance(inst, budget)
-    lowest = inst.min_cost()
-    if lowest > budget + tol:
-        raise InfeasibleBudget(float(budget), lowest)
-    return tol
-
-
-# --------------------------------------------------------------------------- MILP
-
-
-class _Milp:
-    """The MILP of one instance, built once and re-solved for any budget.
-
-    Rows: one equality per layer, the group equalities, then one cost row and
-    one score row whose bounds change per budget and per stage. Both rows are
-    shifted by each layer's minimum (a constant, since a layer takes exactly
-    one choice) and scaled to order one, so HiGHS's absolute tolerances mean
-    the same thing whatever the unit of cost (MACs, seconds) or score.
-    """
-
-    def __init__(self, inst: _Instance) -> None:
-        self.inst = inst
-        n_layers, n_vars = len(inst.names), len(inst.bits)
-        self.cost_offset = math.fsum(np.minimum.reduceat(inst.cost, inst.start[:-1]))
-        shifted_cost = inst.cost - np.minimum.reduceat(inst.cost, inst.start[:-1])[inst.layer]
-        self.cost_unit = math.fsum(np.maximum.reduceat(shifted_cost, inst.start[:-1])) or 1.0
-        self.row_cost = shifted_cost / self.cost_unit
-        shifted_sens = inst.sens - np.minimum.reduceat(inst.sens, inst.start[:-1])[inst.layer]
-        self.score = shifted_sens / (shifted_sens.max() or 1.0)   # the stage-1 objective, max entry 1
-        self.tiebreak = ((n_layers - inst.layer) * inst.level).astype(float)   # stage 3, integers
-        one_each = sparse.csr_array((np.ones(n_vars), (inst.layer, np.arange(n_vars))),
-                                    shape=(n_layers, n_vars))
-        self.fixed_rows = sparse.vstack([one_each, self._group_rows()], format="csr")
-        self.matrix = sparse.vstack([self.fixed_rows, self.row_cost[None, :], self.score[None, :]],
-                                    format="csr")
-        self.n_fixed = self.fixed_rows.shape[0]
-
-    def _group_rows(self) -> sparse.csr_array:
-        """``x[m, k] - x[first, k] = 0`` for every other member ``m`` of a unit, every level ``k``."""
-        inst, rows, cols, vals = self.inst, [], [], []
-        for unit in inst.units:
-            first = unit[0]
-            for m in unit[1:]:
-                for k in range(inst.start[first + 1] - inst.start[first]):
-                    r = len(rows) // 2
-                    rows += [r, r]
-                    cols += [inst.start[m] + k, inst.start[first] + k]
-                    vals += [1.0, -1.0]
-        return sparse.csr_array((vals, (rows, cols)), shape=(len(rows) // 2, len(inst.bits)))
-
-    def scaled_cost(self, total: float) -> float:
-        """An absolute total cost in the units of the cost row."""
-        return (total - self.cost_offset) / self.cost_unit
-
-    def optimise(self, objective: np.ndarray, cost_ub: float, score_ub: float,
-                 accept: Callable[[np.ndarray], bool]) -> tuple[np.ndarray | None, int]:
-        """Minimise ``objective``; return (chosen binaries or None, HiGHS status).
-
-        An answer that ``accept`` (the exact check) rejects is cut off and the
-        model solved again, at most ``_MAX_CUTS`` times.
-        """
-        n_layers = len(self.inst.names)
-        lower = np.zeros(self.n_fixed + 2)
-        lower[:n_layers] = 1.0                     # one choice per layer; group rows are = 0
-        lower[-2:] = -np.inf
-        upper = lower.copy()
-        upper[-2:] = cost_ub, score_ub
-        matrix, cuts = self.matrix, []
-        for _ in range(_MAX_CUTS + 1):
-            if cuts:
-                cut_rows = sparse.csr_array((np.ones(n_layers * len(cuts)),
-                                             (np.repeat(np.arange(len(cuts)), n_layers), np.concatenate(cuts))),
-                                            shape=(len(cuts), len(self.inst.bits)))
-                matrix = sparse.vstack([self.matrix, cut_rows], format="csr")
-                lower = np.concatenate([lower[:self.n_fixed + 2], np.full(len(cuts), -np.inf)])
-                upper = np.concatenate([upper[:self.n_fixed + 2], np.full(len(cuts), n_layers - 1.0)])
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "Unrecognized options", RuntimeWarning)
-                res = milp(objective, integrality=np.ones_like(objective), bounds=Bounds(0.0, 1.0),
-                           constraints=LinearConstraint(matrix, lower, upper), options=dict(_HIGHS_OPTIONS))
-            if res.status != 0 or res.x is None:
-                return None, res.status
-            chosen = self._chosen(res.x)
-            if accept(chosen):
-                return chosen, 0
-            cuts.append(chosen)
-        return None, -1
-
-    def _chosen(self, x: np.ndarray) -> np.ndarray:
-        """The binary set to one in each layer (largest value, robust to integrality slack)."""
-        start = self.inst.start
-        return np.array([start[i] + int(np.argmax(x[start[i]:start[i + 1]]))
-                         for i in range(len(self.inst.names))], dtype=np.int64)
-
-    def solve(self, budget: float, tol: float) -> np.ndarray:
-        """The three-stage lexicographic optimum (module docstring) for ``budget``."""
-        inst = self.inst
-
-        def fits(chosen: np.ndarray) -> bool:
-            return inst.total(chosen, inst.cost) <= budget + tol
-
-        best, status = self.optimise(self.score, self.scaled_cost(budget + tol), np.inf, fits)
-        if best is None:
-            if status == 2:
-                raise InfeasibleBudget(float(budget), inst.min_cost())
-            raise RuntimeError(f"HiGHS found no assignment within the budget {budget:.6g} "
-                               f"(status {status}; -1: every answer broke the budget when checked)")
-        score_ub = inst.total(best, self.score)
-        score_ub += TIE_RTOL * max(1.0, score_ub)
-
-        def as_good(chosen: np.ndarray) -> bool:
-            return fits(chosen) and inst.total(chosen, self.score) <= score_ub
-
-        cheaper, _ = self.optimise(self.row_cost, self.scaled_cost(budget + tol), score_ub, as_good)
-        best = best if cheaper is None else cheaper
-        cost_ub = inst.total(best, inst.cost)
-        cost_ub = min(cost_ub + TIE_RTOL * max(abs(cost_ub), inst.cost_scale()), budget + tol)
-
-        def as_cheap(chosen: np.ndarray) -> bool:
-            return as_good(chosen) and inst.total(chosen, inst.cost) <= cost_ub
-
-        canonical, _ = self.optimise(self.tiebreak, self.scaled_cost(cost_ub), score_ub, as_cheap)
-        return best if canonical is None else canonical
-
-
 # --------------------------------------------------------------------------- greedy
 
 
-def _greedy(inst: _Instance, budget: float, tol: float) -> np.ndarray:
+def _greedy(inst: Instance, budget: float, tol: float) -> np.ndarray:
     """Start every unit at its costliest choice; take the cheapest score-per-saving move until it fits.
 
     A move sends one unit (a layer, or a group) to a cheaper choice; its price
@@ -436,17 +148,17 @@ def solve(sensitivity: Table, cost: Table, budget: float, *, groups: Groups | No
     ``sensitivity[layer]`` must have the same keys. Layers named together in
     one of ``groups`` share one precision. The total may exceed ``budget`` by
     a relative 1e-9 (float noise). Among equal-score optima the cheapest wins,
-    then the one that keeps earlier layers (sorted names) at more bits; see the
-    module docstring for the three-stage solve and why.
+    then the one that keeps earlier layers (sorted names) at more bits, within
+    the resolutions of ``mpq.allocate_milp`` (module docstring); one HiGHS solve.
 
     Raises ``InfeasibleBudget`` (a ValueError) if even the cheapest assignment
     exceeds the budget, ``ValueError`` for inconsistent inputs.
     """
-    inst = _prepare(sensitivity, cost, groups)
-    tol = _check_budget(inst, budget)
+    inst = prepare(sensitivity, cost, groups)
+    tol = check_budget(inst, budget)
     if not inst.names:
         return {}
-    return inst.to_bits(_Milp(inst).solve(float(budget), tol))
+    return inst.to_bits(Model(inst).solve(float(budget), tol))
 
 
 def greedy(sensitivity: Table, cost: Table, budget: float, *, groups: Groups | None = None) -> dict[str, int]:
@@ -458,14 +170,14 @@ def greedy(sensitivity: Table, cost: Table, budget: float, *, groups: Groups | N
     better than ``solve`` and often worse: it cannot undo a move, and its last
     move may overshoot the budget. Same inputs and errors as ``solve``.
     """
-    inst = _prepare(sensitivity, cost, groups)
-    tol = _check_budget(inst, budget)
+    inst = prepare(sensitivity, cost, groups)
+    tol = check_budget(inst, budget)
     if not inst.names:
         return {}
     return inst.to_bits(_greedy(inst, float(budget), tol))
 
 
-def _reference_total(inst: _Instance, reference_bits: int, fixed_cost: float) -> float:
+def _reference_total(inst: Instance, reference_bits: int, fixed_cost: float) -> float:
     if isinstance(fixed_cost, bool) or not isinstance(fixed_cost, numbers.Real) \
             or not math.isfinite(fixed_cost) or fixed_cost < 0:
         raise ValueError(f"fixed_cost must be a finite non-negative number, got {fixed_cost!r}")
@@ -479,7 +191,7 @@ def _reference_total(inst: _Instance, reference_bits: int, fixed_cost: float) ->
     return total
 
 
-def _max_relative(inst: _Instance, reference_total: float, fixed_cost: float) -> float:
+def _max_relative(inst: Instance, reference_total: float, fixed_cost: float) -> float:
     lowest = fixed_cost + inst.min_cost()
     return reference_total / lowest if lowest > 0 else math.inf
 
@@ -491,7 +203,7 @@ def max_relative(cost: Table, *, reference_bits: int = 4, fixed_cost: float = 0.
     ``reference / (fixed_cost + smallest candidate cost)``; the largest target
     ``sweep`` accepts. ``inf`` if the cheapest assignment costs nothing.
     """
-    inst = _prepare(None, cost, groups)
+    inst = prepare(None, cost, groups)
     return _max_relative(inst, _reference_total(inst, reference_bits, fixed_cost), fixed_cost)
 
 
@@ -526,31 +238,31 @@ def sweep(sensitivity: Table, cost: Table, targets: Sequence[float], *, referenc
 
     The budget of the candidate layers at target ``T`` is ``reference / T -
     fixed_cost``, with ``reference = fixed_cost + sum_l cost[l][reference_bits]``.
-    The MILP is built once and re-solved per target. ``solver`` is ``"milp"``
+    The MILP is built once and solved once per target. ``solver`` is ``"milp"``
     (exact, ``solve``) or ``"greedy"`` (``greedy``). All targets are checked
     before any is solved: a non-positive one is a ValueError, one above
     ``max_relative`` an InfeasibleBudget naming the largest achievable value.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}: choose one of {list(SOLVERS)}")
-    inst = _prepare(sensitivity, cost, groups)
+    inst = prepare(sensitivity, cost, groups)
     reference = _reference_total(inst, reference_bits, fixed_cost)
     top = _max_relative(inst, reference, fixed_cost)
     lowest, points = inst.min_cost(), []
     for t in _check_targets(targets):
         budget = reference / t - fixed_cost
-        tol = _budget_tolerance(inst, budget)
+        tol = budget_tolerance(inst, budget)
         if lowest > budget + tol:
             raise InfeasibleBudget(budget, lowest, max_relative=top, message=(
                 f"relative target {t:g} is beyond reach: the largest achievable relative value is "
                 f"{top:.6g} (every layer at its cheapest choice, cost {lowest:.6g} "
                 f"against a budget of {budget:.6g})"))
         points.append((t, budget, tol))
-    model = _Milp(inst) if solver == "milp" and inst.names else None
+    model = Model(inst) if solver == "milp" and inst.names else None
     return [_allocate(inst, model, point, reference, fixed_cost, solver) for point in points]
 
 
-def _allocate(inst: _Instance, model: _Milp | None, point: tuple[float, float, float], reference: float,
+def _allocate(inst: Instance, model: Model | None, point: tuple[float, float, float], reference: float,
               fixed_cost: float, solver: str) -> Allocation:
     """Solve one sweep point ``(target, budget, tolerance)``, timed."""
     target, budget, tol = point
