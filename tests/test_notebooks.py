@@ -37,7 +37,7 @@ def stage_params():
     """{notebook: set of -p names} from the papermill commands in dvc.yaml."""
     out = {}
     for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values():
-        cmd = (stage.get("do") or stage)["cmd"]
+        cmd = (stage.get("do") or stage)["cmd"].split("papermill", 1)[1]
         nb = re.search(r"(notebooks/\S+\.ipynb)", cmd).group(1)
         out[nb] = set(re.findall(r"-p (\w+) ", cmd + " "))
     return out
