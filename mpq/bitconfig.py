@@ -13,11 +13,17 @@ relative throughput / GBOPs / size, and the bits of every quantized layer::
     checkpoint: results/resnet50/uniform4.pt
     bits: {conv1: 8, layer1.0.conv1: 4, layer1.0.conv2: 2, ..., fc: 8}
 
+Bits are whole numbers in 2..16. A float layer (a quantized layer whose
+quantizer is disabled, ``bits`` None in ``mpq.get_bits``) is written as
+``null``; ``load_bits`` leaves such layers out of the mapping it returns, so
+``mpq.set_bits`` keeps them as they are.
+
 ``load_bits(path, model=qmodel)`` returns the ``bits`` mapping, checked against
 the model's layer names, ready for ``mpq.set_bits(qmodel, bits, allow_fixed=True)``.
 """
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,15 +33,32 @@ from torch import nn
 
 from . import atomic
 from .quantized import get_bits
+from .quantizers import qrange
 
 __all__ = ["FORMAT", "save_bits", "read_bits_file", "load_bits"]
 
 FORMAT = "mpq-bits/1"
 
 
+def _layer_bits(where: str | Path, name: str, value: Any) -> int:
+    """``value`` as a layer's bits (an integer in 2..16), else a ``ValueError`` naming the layer."""
+    try:
+        bits = operator.index(value)  # 4.7 and "4" are refused, numpy integers accepted
+        qrange(bits, True)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: layer {name!r} has bits {value!r}: bits must be an integer "
+                         "in 2..16 (null for a float layer)") from None
+    return bits
+
+
 def save_bits(path: str | Path, bits: Mapping[str, int | None], **info: Any) -> Path:
-    """Write a bit-configuration file (atomically); ``info`` adds the provenance fields."""
-    body = {"format": FORMAT, **info, "bits": {k: (None if v is None else int(v)) for k, v in bits.items()}}
+    """Write a bit-configuration file (atomically); ``info`` adds the provenance fields.
+
+    ``None`` (a float layer) is written as ``null``; any other value must be an
+    integer in 2..16.
+    """
+    body = {"format": FORMAT, **info,
+            "bits": {k: (None if v is None else _layer_bits(path, k, v)) for k, v in bits.items()}}
     path = Path(path)
     atomic.write_text(path, yaml.safe_dump(body, sort_keys=False, default_flow_style=False))
     return path
@@ -58,16 +81,21 @@ def read_bits_file(path: str | Path) -> dict[str, Any]:
 def load_bits(path: str | Path, model: nn.Module | None = None) -> dict[str, int]:
     """The per-layer bits of a configuration file; with ``model``, checked against its layers.
 
-    A file written for another network (layer names that do not match the
-    model's quantized layers) is a clear one-line error.
+    Layers written as ``null`` (float) are left out of the result. Bits that
+    are not whole numbers in 2..16, a file written for another network (layer
+    names this model does not have) and a file that lacks one of the model's
+    quantized layers are each a one-line ``ValueError`` naming the layer.
     """
     body = read_bits_file(path)
-    bits = {str(k): int(v) for k, v in body["bits"].items()}
+    bits = {str(k): _layer_bits(path, str(k), v) for k, v in body["bits"].items() if v is not None}
     if model is not None:
-        have = set(get_bits(model))
-        missing, extra = sorted(have - set(bits)), sorted(set(bits) - have)
-        if missing or extra:
+        have, listed = set(get_bits(model)), {str(k) for k in body["bits"]}
+        missing, extra = sorted(have - listed), sorted(listed - have)
+        if extra:
             where = f"network {body.get('network')!r}" if body.get("network") else "another model"
             raise ValueError(f"{path} was written for {where}: its layers do not match this model "
                              f"({len(extra)} unknown, e.g. {extra[:1]}; {len(missing)} missing, e.g. {missing[:1]})")
+        if missing:
+            raise ValueError(f"{path} has no bits for layer {missing[0]!r} of this model ({len(missing)} "
+                             "missing): add them to its 'bits' (null for a float layer)")
     return bits

@@ -1,16 +1,21 @@
 """Command line: ``mpq <command>`` (or ``python -m mpq <command>``).
 
 Every command reads its settings from a params file (``--params``, default
-``params.yaml``). Bad input ends in one line ``mpq: error: ...`` that says
-what to fix, exit status 2; set ``MPQ_TRACEBACK=1`` to see the traceback.
+``params.yaml``). Bad input and the other expected failures (a diverging
+loss, weights that cannot be downloaded, an unreadable or mismatched file)
+end in one line ``mpq: error: ...`` that says what to fix, exit status 2.
+Ctrl-C ends in one line saying what was kept and how to resume, exit status
+130. Set ``MPQ_TRACEBACK=1`` to see the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
 from pathlib import Path
+from urllib.error import URLError
 
 from . import config, methods
 from .cost import COSTS
@@ -70,26 +75,110 @@ def _cmd_frontier(args: argparse.Namespace) -> None:
              + table.groupby(["method", "target"])["metric"].mean().round(2).to_string())
 
 
-def _cmd_allocate(args: argparse.Namespace) -> None:
-    """EAGL + the allocator on a torchvision model: write a bit-configuration file."""
+def _check_allocate_args(args: argparse.Namespace) -> None:
+    """Refuse impossible ``mpq allocate`` options before any work, naming the option."""
+    from .quantizers import qrange
+
+    for option, value in (("--input-size", args.input_size), ("--num-classes", args.num_classes)):
+        if value <= 0:
+            raise ValueError(f"{option} must be a positive integer, got {value}")
+    if not args.budget >= 1.0:  # NaN included
+        raise ValueError(f"--budget is relative to every layer at --start-bits, so it must be at least 1.0, "
+                         f"got {args.budget}")
+    for option, value in (("--start-bits", args.start_bits), ("--low-bits", args.low_bits)):
+        try:
+            qrange(value, True)
+        except ValueError as e:
+            raise ValueError(f"{option}: {e}") from None
+    if args.start_bits <= args.low_bits:
+        raise ValueError(f"--start-bits ({args.start_bits}) must be above --low-bits ({args.low_bits})")
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder: give a file name, e.g. {Path(args.out) / 'bits.yaml'}")
+
+
+def _read_weights(path: str) -> dict:
+    """The state dict in ``path``: a plain state dict (float or LSQ-quantized) or an mpq checkpoint's."""
     import torch
+
+    from . import checkpoint
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--weights {p}: no such file")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle garbage, not a torch file at all, ...
+        raise ValueError(f"--weights {p} is unreadable ({type(e).__name__}): give a file written by "
+                         "torch.save(model.state_dict(), path) or mpq.checkpoint.save") from None
+    if isinstance(payload, dict) and (payload.get("format") == checkpoint.FORMAT
+                                      or isinstance(payload.get("state_dict"), dict)):
+        payload = payload.get("state_dict")
+    if not isinstance(payload, dict) or not payload or \
+            not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items()):
+        raise ValueError(f"--weights {p} holds no state dict: give a file written by "
+                         "torch.save(model.state_dict(), path) or mpq.checkpoint.save")
+    return payload
+
+
+def _fit_state(model, state: dict, path: str, what: str) -> None:
+    """Load ``state`` into ``model`` (strictly); a mismatch is one line naming the first bad key."""
+    want = model.state_dict()
+    fix = "pass the --model and --num-classes the weights were trained with"
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    if missing or unexpected:
+        parts = ([f"missing key {missing[0]!r} ({len(missing)} missing)"] if missing else []) + \
+                ([f"unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected)"] if unexpected else [])
+        raise ValueError(f"--weights {path} does not fit {what}: {', '.join(parts)}; {fix}")
+    for k, v in want.items():
+        if state[k].shape != v.shape:
+            raise ValueError(f"--weights {path} does not fit {what}: {k!r} has shape {list(state[k].shape)} "
+                             f"there, {list(v.shape)} here; {fix}")
+    model.load_state_dict(state)
+
+
+def _quantized_model(args: argparse.Namespace):
+    """The torchvision model of ``args``, quantized at ``--start-bits``, with its ``--weights`` if any.
+
+    A float state dict is loaded before quantizing; an LSQ-quantized one (keys
+    ``*.wq.step``/``*.aq.step``) after, so its trained steps are kept.
+    """
     import torchvision
 
-    from . import allocate, cost, eagl
-    from .bitconfig import save_bits
-    from .quantized import candidate_layers, get_bits, quantize
+    from .quantized import quantize
 
     if args.model not in torchvision.models.list_models():
         raise ValueError(f"unknown torchvision model {args.model!r}: see torchvision.models.list_models()")
-    model = torchvision.models.get_model(args.model, weights="DEFAULT" if args.pretrained else None,
-                                         **({} if args.pretrained else {"num_classes": args.num_classes}))
-    if args.weights:
-        state = torch.load(args.weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    kwargs = {"weights": "DEFAULT"} if args.pretrained else {"weights": None, "num_classes": args.num_classes}
+    if not args.pretrained and "weights_backbone" in inspect.signature(
+            torchvision.models.get_model_builder(args.model)).parameters:
+        kwargs["weights_backbone"] = None  # segmentation/detection models: no backbone download
+    model = torchvision.models.get_model(args.model, **kwargs)
+    if not args.weights:
+        return quantize(model, args.start_bits)
+    state = _read_weights(args.weights)
+    what = f"{args.model} with {'its pretrained head' if args.pretrained else f'--num-classes {args.num_classes}'}"
+    if not any(k.endswith((".wq.step", ".aq.step")) for k in state):
+        _fit_state(model, state, args.weights, what)
+        return quantize(model, args.start_bits)
     q = quantize(model, args.start_bits)
+    _fit_state(q, state, args.weights, f"the quantized {what}")
+    return q
+
+
+def _cmd_allocate(args: argparse.Namespace) -> None:
+    """EAGL + the allocator on a torchvision model: write a bit-configuration file."""
+    _check_allocate_args(args)
+    import torch
+
+    from . import allocate, cost, eagl
+    from .bitconfig import save_bits
+    from .quantized import candidate_layers, get_bits
+
+    q = _quantized_model(args)
     x = torch.randn(1, 3, args.input_size, args.input_size)
     q.eval()
-    q(x)  # activation steps
+    q(x)  # activation steps (kept where --weights brought trained ones)
     macs, params = cost.layer_macs(q, x), cost.layer_params(q)
     cands = candidate_layers(q)
     bits0 = get_bits(q)
@@ -155,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--budget", type=float, required=True, help="relative target vs all start-bits (e.g. 1.5)")
     a.add_argument("--cost", default="throughput", choices=list(COSTS))
     a.add_argument("--variant", default="entropy", choices=list(methods.get("eagl").variants))
-    a.add_argument("--weights", default=None, help="a state-dict file for the model (LSQ-trained 4-bit is best)")
+    a.add_argument("--weights", default=None,
+                   help="a float or LSQ-quantized state dict, or an mpq checkpoint (LSQ-trained 4-bit is best)")
     a.add_argument("--pretrained", action="store_true", help="torchvision's default weights (needs them cached)")
     a.add_argument("--num-classes", type=int, default=1000)
     a.add_argument("--input-size", type=int, default=224)
@@ -179,15 +269,41 @@ def _init_distributed() -> None:
             dist.init_process_group("nccl" if cuda else "gloo")
 
 
+# Failures a user can cause and fix; anything else is a bug and keeps its traceback.
+_EXPECTED = (ValueError, KeyError, OSError, RuntimeError, FloatingPointError)
+
+_INTERRUPTED = ("mpq: interrupted: finished checkpoints and records are kept (every file is written "
+               "atomically); rerun the same command to resume")
+
+
+def _error_line(e: BaseException) -> str:
+    """The one line ``mpq: error: ...`` for an expected failure ``e``."""
+    if isinstance(e, URLError):
+        import torch
+
+        msg = (f"could not download weights ({e.reason}): go online once so that they are cached under "
+               f"{torch.hub.get_dir()}, or run without pretrained weights")
+    elif isinstance(e, OSError) and e.filename and e.strerror:
+        msg = f"{e.filename}: {e.strerror}"
+    else:
+        msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+    return f"mpq: error: {msg.splitlines()[0] if msg.strip() else type(e).__name__}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; return the exit status (0, 2 for an expected failure, 130 for Ctrl-C)."""
     args = build_parser().parse_args(argv)
-    _init_distributed()
     try:
+        _init_distributed()
         args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+    except KeyboardInterrupt:
         if os.environ.get("MPQ_TRACEBACK"):
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"mpq: error: {str(msg).splitlines()[0] if msg else type(e).__name__}", file=sys.stderr)
+        print(_INTERRUPTED, file=sys.stderr)
+        return 130
+    except _EXPECTED as e:
+        if os.environ.get("MPQ_TRACEBACK"):
+            raise
+        print(_error_line(e), file=sys.stderr)
         return 2
     return 0
