@@ -8,6 +8,8 @@ uniform baselines.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -26,10 +28,11 @@ from torch.utils.data import Subset
 
 from . import atomic, checkpoint, data, methods, paths
 from .config import Config, ConfigError
+from .lock import folder_lock
 from .networks import build, get_spec
 from .quantized import calibrate, candidate_layers, get_bits, quantize, set_bits
-from .sensitivity import Sensitivity
-from .train import FitSettings, evaluate, fit, resolve_device
+from .sensitivity import Sensitivity, inputs_identity
+from .train import FitSettings, TrainingCollapsed, chance_floor, evaluate, fit, resolve_device
 
 __all__ = ["Experiment", "setup_torch", "task_data", "world", "barrier"]
 
@@ -217,44 +220,93 @@ class Experiment:
     def baselines(self, outdir: str | Path | None = None) -> dict[str, dict[str, Any]]:
         """Train float, then uniform ``start_bits`` and ``low_bits`` LSQ fine-tunes from it.
 
-        Each model is checkpointed as soon as it exists; a rerun reuses valid
-        checkpoints (an interrupted run resumes at the first missing model).
-        Returns (and writes to ``baselines.json``) ``{name: {"metric", "val_metric",
-        "seconds", "bits"}}``: test and validation metric, training wall seconds.
+        Each model is checkpointed as soon as it exists and has passed the
+        collapse check (``_check_collapse``); a rerun reuses valid checkpoints
+        (an interrupted run resumes at the first missing model) and retrains
+        stale ones (another recipe of this network). A checkpoint written for
+        another network, width or number of classes is refused (one line),
+        never replaced. A failed training (non-finite loss, collapse) leaves
+        the checkpoint already there untouched. The results folder is locked
+        for the run (``results_lock``). Returns (and writes to
+        ``baselines.json``) ``{name: {"metric", "val_metric", "seconds",
+        "bits"}}``: test and validation metric, training wall seconds.
         """
         out = Path(outdir) if outdir is not None else paths.network_dir(self.network)
         results: dict[str, dict[str, Any]] = {}
-        float_path = out / paths.FLOAT_CKPT
-        found = self._reusable(float_path, "float")
-        if found:
-            fmodel, seconds = found
-        else:
-            torch.manual_seed(self.cfg.seed)
-            fmodel = self.new_float().to(self.device)
-            t0 = time.perf_counter()
-            self._train(fmodel, self.fit_settings("float"), teacher=None, seed=self.cfg.seed,
-                        desc=f"{self.network} float")
-            seconds = time.perf_counter() - t0
-            self._save(float_path, fmodel, self.meta("float", fmodel, seconds=seconds))
-        results["float"] = {"metric": self.evaluate(fmodel), "val_metric": self.evaluate(fmodel, "val"),
-                            "seconds": seconds, "bits": None}
-        for bits in (self.cfg.quant.start_bits, self.cfg.quant.low_bits):
-            name = f"uniform{bits}"
-            path = out / paths.uniform_ckpt(bits)
-            found = self._reusable(path, "quant", bits)
+        with self.results_lock(out):
+            float_path = out / paths.FLOAT_CKPT
+            found = self._reusable(float_path, "float")
             if found:
-                qmodel, seconds = found
+                fmodel, seconds = found
             else:
-                qmodel = self.quantize(fmodel, bits)
+                torch.manual_seed(self.cfg.seed)
+                fmodel = self.new_float().to(self.device)
                 t0 = time.perf_counter()
-                self.finetune(qmodel, teacher=fmodel, seed=self.cfg.seed, desc=f"{self.network} {name}")
+                self._train(fmodel, self.fit_settings("float"), teacher=None, seed=self.cfg.seed,
+                            desc=f"{self.network} float")
                 seconds = time.perf_counter() - t0
-                self._save(path, qmodel, self.meta("quant", qmodel, seconds=seconds))
-            results[name] = {"metric": self.evaluate(qmodel), "val_metric": self.evaluate(qmodel, "val"),
-                             "seconds": seconds, "bits": bits}
-        if world()[0] == 0:
-            atomic.write_json(out / paths.BASELINES_JSON, results)
+                self._save(float_path, fmodel, self.meta("float", fmodel, seconds=seconds))
+            results["float"] = {"metric": self.evaluate(fmodel), "val_metric": self.evaluate(fmodel, "val"),
+                                "seconds": seconds, "bits": None}
+            for bits in (self.cfg.quant.start_bits, self.cfg.quant.low_bits):
+                name = f"uniform{bits}"
+                path = out / paths.uniform_ckpt(bits)
+                found = self._reusable(path, "quant", bits)
+                if found:
+                    qmodel, seconds = found
+                else:
+                    qmodel = self.quantize(fmodel, bits)
+                    start_val_metric = self._start_val_metric(qmodel)
+                    t0 = time.perf_counter()
+                    self.finetune(qmodel, teacher=fmodel, seed=self.cfg.seed, desc=f"{self.network} {name}")
+                    seconds = time.perf_counter() - t0
+                results[name] = {"metric": self.evaluate(qmodel), "val_metric": self.evaluate(qmodel, "val"),
+                                 "seconds": seconds, "bits": bits}
+                if not found:
+                    self._check_collapse(name, path, start_val_metric, results[name]["val_metric"])
+                    self._save(path, qmodel, self.meta("quant", qmodel, seconds=seconds))
+            if world()[0] == 0:
+                atomic.write_json(out / paths.BASELINES_JSON, results)
         return results
+
+    def results_lock(self, out: str | Path) -> contextlib.AbstractContextManager:
+        """The lock of the results folder ``out`` (``mpq.lock.folder_lock``), taken by rank 0 only.
+
+        Every step that writes under ``out`` holds it while it runs, so a second
+        concurrent run on the same folder is refused with one line naming the
+        holder's pid; under ``torchrun`` the ranks of one run share it.
+        """
+        return folder_lock(out) if world()[0] == 0 else contextlib.nullcontext()
+
+    def _start_val_metric(self, qmodel: nn.Module) -> float:
+        """The validation metric of ``qmodel`` where its fine-tune starts: calibrated as ``finetune`` does it.
+
+        Measured on a copy, before ``finetune`` seeds torch, so nothing the
+        fine-tune computes changes.
+        """
+        start = copy.deepcopy(qmodel).to(self.device)
+        calibrate(start, (x.to(self.device) for x, _ in self.loader("train", seed=self.cfg.seed, sharded=False)))
+        return self.evaluate(start, "val")
+
+    def _check_collapse(self, name: str, path: Path, start_val_metric: float, val_metric: float) -> None:
+        """Refuse a fine-tune that took the validation metric from above chance level to chance level.
+
+        Chance level is ``mpq.train.chance_floor`` on the validation split;
+        ``start_val_metric`` is ``_start_val_metric`` (the calibrated model
+        before any step). Such a fine-tune destroyed what it started from
+        (e.g. a far too large ``quant_lr``). A model that starts at chance and
+        stays there is not refused: small presets legitimately leave some
+        there (the tiny preset's uniform 2-bit ResNet-101), and so is a float
+        model, which starts from a random initialisation; a diverging one is
+        stopped by ``fit`` (non-finite loss). Raises ``TrainingCollapsed``
+        before ``path`` is written, so the checkpoint already there stays.
+        """
+        floor = chance_floor(self.data.task, self.data.num_classes, len(self.data.val))
+        if val_metric <= floor < start_val_metric:
+            raise TrainingCollapsed(
+                f"{self.network} {name}: the fine-tune took the validation metric from {start_val_metric:.1f} % "
+                f"to {val_metric:.1f} %, chance level (<= {floor:.1f} %): it collapsed (lower "
+                f"network.{self.network}.quant_lr?); {path} was left as it was")
 
     def recipe(self, kind: str, bits: int | None = None) -> str:
         """A hash of everything that makes a ``float`` or uniform ``bits``-bit checkpoint what it is.
@@ -274,15 +326,14 @@ class Experiment:
     def _reusable(self, path: Path, kind: str, bits: int | None = None) -> tuple[nn.Module, float] | None:
         """``(model, training seconds)`` of a checkpoint made with today's recipe, else ``None``.
 
-        A checkpoint for another network, width or recipe is stale and will be
-        retrained; an unreadable one is an error (it says to delete it).
+        A checkpoint of this network made with another recipe is stale and will
+        be retrained (``None``); one written for another network, width, number
+        of classes or kind is refused (``CheckpointMismatch``, one line: it is
+        not ours to replace); an unreadable one is an error (it says to delete it).
         """
         if not path.is_file():
             return None
-        try:
-            model, meta = self.load(path, kind)
-        except checkpoint.CheckpointMismatch:
-            return None
+        model, meta = self.load(path, kind)
         if meta.get("recipe") != self.recipe(kind, bits):
             return None
         return model, meta["seconds"]
@@ -322,15 +373,17 @@ class Experiment:
         """
         compute = methods.compute_function(method)
         out = Path(outdir) if outdir is not None else paths.network_dir(self.network)
-        qmodel, fmodel = self.start_models(out)
-        result = compute(self, method=method, qmodel=qmodel, teacher=fmodel, out=out, seed=self.cfg.seed)
-        if result.method != method:
-            raise ValueError(f"method {method!r} computed a table named {result.method!r}; its registry "
-                             "entry's compute function must return a Sensitivity named after the method")
-        result.meta.update(network=self.network, width=self.net.width, scale=self.cfg.scale)
-        if world()[0] == 0:
-            result.save(out / paths.SENSITIVITY)
-        barrier()
+        with self.results_lock(out):
+            qmodel, fmodel = self.start_models(out)
+            result = compute(self, method=method, qmodel=qmodel, teacher=fmodel, out=out, seed=self.cfg.seed)
+            if result.method != method:
+                raise ValueError(f"method {method!r} computed a table named {result.method!r}; its registry "
+                                 "entry's compute function must return a Sensitivity named after the method")
+            result.meta.update(network=self.network, width=self.net.width, scale=self.cfg.scale,
+                               inputs=inputs_identity(self, method, out))
+            if world()[0] == 0:
+                result.save(out / paths.SENSITIVITY)
+            barrier()
         return result
 
     def workers(self, configured: int) -> int:

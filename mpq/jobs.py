@@ -42,10 +42,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from .data import make_loader
 from .pool import run_pool
+from .progress import Bar, job_bar
 from .quantized import candidate_layers, get_bits, set_bits
 from .quantizers import qrange
 from .records import (RECORD_FORMAT, Job, context_key, job_key, plain_bits, record_path, valid_records,
@@ -117,11 +117,12 @@ def run_job(ctx: JobContext, job: Job) -> dict[str, Any]:
 
     The record: ``format, key, name, bits, seed, metric, train_loss`` (mean
     loss of the last fine-tune epoch, NaN without one), ``seconds`` (this
-    job's wall time), ``worker, device, steps`` and the sample counts
+    job's wall time), ``worker, device, threads`` (this process's torch
+    thread count, part of the key), ``steps`` and the sample counts
     ``train_samples`` (through the student in the fine-tune, = backward
     passes), ``eval_samples`` and ``teacher_samples`` (through the teacher).
     """
-    t0 = time.perf_counter()
+    t0, threads = time.perf_counter(), torch.get_num_threads()
     device = torch.device(ctx.device)
     model = copy.deepcopy(ctx.model).to(device)
     if job.bits:
@@ -139,10 +140,10 @@ def run_job(ctx: JobContext, job: Job) -> dict[str, Any]:
                       across_ranks=False)
     train_samples = steps * ctx.batch_size  # training loaders drop the last partial batch
     distilled = ctx.teacher is not None and ctx.settings.distill > 0
-    return {"format": RECORD_FORMAT, "key": job_key(ctx.base_key, job), "name": job.name,
+    return {"format": RECORD_FORMAT, "key": job_key(ctx.base_key, job, threads=threads), "name": job.name,
             "bits": plain_bits(job.bits), "seed": int(job.seed), "metric": float(metric),
             "train_loss": loss, "seconds": time.perf_counter() - t0, "worker": ctx.worker,
-            "device": device_name(device), "steps": steps, "train_samples": train_samples,
+            "device": device_name(device), "threads": threads, "steps": steps, "train_samples": train_samples,
             "eval_samples": len(ctx.eval_set),  # type: ignore[arg-type]
             "teacher_samples": train_samples if distilled else 0}
 
@@ -238,23 +239,22 @@ def _on_device(module: nn.Module | None, device: torch.device) -> nn.Module | No
     return copy.deepcopy(module).to(device)
 
 
-def _advance(bar: tqdm, rec: dict[str, Any]) -> None:
+def _advance(bar: Bar, rec: dict[str, Any]) -> None:
     """Count one finished job on the progress bar, showing its wall time."""
     bar.set_postfix(last=f"{rec['seconds']:.1f}s")
     bar.update(1)
 
 
-def _run_serial(ctx: JobContext, pending: Sequence[Job], threads: int | None, bar: tqdm) -> list[dict]:
+def _run_serial(ctx: JobContext, pending: Sequence[Job], threads: int, bar: Bar) -> list[dict]:
     """Run ``pending`` jobs one by one in this process on ``ctx.device``; return their records.
 
-    ``threads`` (when given) is this process's torch thread count for the
-    duration of the jobs; the previous count is restored afterwards.
+    ``threads`` is this process's torch thread count for the duration of the
+    jobs; the previous count is restored afterwards.
     """
     dev = torch.device(ctx.device)
     ctx = dataclasses.replace(ctx, model=_on_device(ctx.model, dev), teacher=_on_device(ctx.teacher, dev))
     old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     out: list[dict] = []
     try:
         for job in pending:
@@ -270,28 +270,26 @@ def _name_pool_process(ctx: JobContext, index: int) -> JobContext:
     return dataclasses.replace(ctx, worker=f"proc{index}")
 
 
-def _run_pending(ctx: JobContext, pending: Sequence[Job], *, workers: int, threads: int | None,
-                 bar: tqdm) -> tuple[list[dict], int]:
-    """Compute ``pending`` jobs; return their records and the number of processes used.
+def _run_pending(ctx: JobContext, pending: Sequence[Job], *, workers: int, threads: int,
+                 bar: Bar) -> tuple[list[dict], int]:
+    """Compute ``pending`` jobs, each on ``threads`` torch threads; return their records and the processes used.
 
-    ``workers > 1``: a pool of ``min(workers, len(pending))`` CPU processes,
-    each with ``threads`` torch threads (default: this process's threads /
-    ``workers``); else serially in this process.
+    ``workers > 1``: a pool of ``min(workers, len(pending))`` CPU processes;
+    else serially in this process.
     """
     if not pending:
         return [], 1
     if workers == 1:
         return _run_serial(ctx, pending, threads, bar), 1
     used = min(workers, len(pending))
-    per_worker = threads or max(1, torch.get_num_threads() // workers)
     cpu = torch.device("cpu")
     cpu_ctx = dataclasses.replace(ctx, model=_on_device(ctx.model, cpu), teacher=_on_device(ctx.teacher, cpu))
-    return run_pool(_do_job, cpu_ctx, pending, workers=used, threads=per_worker, setup=_name_pool_process,
+    return run_pool(_do_job, cpu_ctx, pending, workers=used, threads=threads, setup=_name_pool_process,
                     on_result=lambda rec: _advance(bar, rec)), used
 
 
-def _join_other_ranks(ctx: JobContext, others: Sequence[Job],
-                      counts: list[int]) -> tuple[dict[str, dict[str, Any]], list[int]]:
+def _join_other_ranks(ctx: JobContext, others: Sequence[Job], counts: list[int],
+                      threads: int) -> tuple[dict[str, dict[str, Any]], list[int]]:
     """Under ``torch.distributed``: the records of ``others`` (the other ranks' jobs) and ``counts`` summed.
 
     Polls ``ctx.record_dir`` until every one of ``others`` has a valid record
@@ -300,10 +298,10 @@ def _join_other_ranks(ctx: JobContext, others: Sequence[Job],
     timeout; then reads them, failing if one changed since.
     """
     assert ctx.record_dir is not None, "checked by _check_inputs"
-    wait_for_records(ctx.record_dir, others, ctx.base_key, poll_seconds=_POLL_SECONDS)
+    wait_for_records(ctx.record_dir, others, ctx.base_key, threads=threads, poll_seconds=_POLL_SECONDS)
     total = torch.tensor(counts, dtype=torch.int64, device=torch.device(ctx.device))
     dist.all_reduce(total)
-    found = valid_records(ctx.record_dir, others, ctx.base_key)
+    found = valid_records(ctx.record_dir, others, ctx.base_key, threads=threads)
     changed = [job for job in others if job.name not in found]
     if changed:
         raise RuntimeError(f"{record_path(ctx.record_dir, changed[0].name)} changed while the ranks "
@@ -332,11 +330,10 @@ def run(ctx: JobContext, jobs: Sequence[Job], *, workers: int = 1, threads: int 
 
     ``ctx.record_dir``: one JSON record per finished job, written atomically
     by the process that computed it; a rerun reuses every record whose key
-    matches (``job_key``) and recomputes the others. ``workers > 1`` (CPU
-    only): a pool of spawned processes, each with ``threads`` torch threads
-    (default: this process's threads / ``workers``); with ``workers == 1``,
-    ``threads`` (when given) applies to this process for the duration of the
-    call. Under ``torch.distributed`` (a process group is up) every rank runs
+    matches (``job_key``) and recomputes the others. Each job runs on
+    ``threads`` torch threads (default: this process's threads / ``workers``):
+    ``workers > 1`` (CPU only) in a pool of spawned processes, else in this
+    process for the duration of the call. Under ``torch.distributed`` (a process group is up) every rank runs
     the jobs ``[rank::world_size]`` on ``ctx.device`` (e.g.
     ``cuda:{local_rank}``), ``record_dir`` is required and shared, and every
     rank returns all the records. A rank waits for the others' records by
@@ -351,9 +348,14 @@ def run(ctx: JobContext, jobs: Sequence[Job], *, workers: int = 1, threads: int 
     ``devices`` (the sorted device names of the jobs computed by this process
     or its pool; empty when none).
 
-    Floats are reproducible for a fixed seed on the same kind of device and
-    the same thread count (hence ``threads``); on CUDA, bit-identical reruns
-    also need ``torch.use_deterministic_algorithms``, the caller's choice.
+    Same seed, same numbers: a job gives the identical record (all but
+    ``seconds``, ``worker``) again for the same inputs (the context key),
+    bits and seed, on the same kind of device (CPU or GPU model, torch build)
+    with the same threads per job, however the jobs are spread (serial, pool,
+    ranks). The threads per job are in every key, so a change of ``workers``
+    or ``threads`` recomputes instead of mixing (every rank must use the same
+    count). On CUDA, bit-identical reruns also need
+    ``torch.use_deterministic_algorithms``, the caller's choice.
     """
     t_start = time.perf_counter()
     jobs = list(jobs)
@@ -362,17 +364,18 @@ def run(ctx: JobContext, jobs: Sequence[Job], *, workers: int = 1, threads: int 
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     ctx = _prepared(ctx, worker=f"rank{rank}" if distributed else ctx.worker)
 
+    per_job = threads or max(1, torch.get_num_threads() // workers)
     mine = jobs[rank::world]  # this process's share: reuse its valid records, compute the others
-    records = {} if ctx.record_dir is None else valid_records(ctx.record_dir, mine, ctx.base_key)
+    records = {} if ctx.record_dir is None else valid_records(ctx.record_dir, mine, ctx.base_key, threads=per_job)
     pending = [job for job in mine if job.name not in records]
-    with tqdm(total=len(mine), initial=len(mine) - len(pending), desc=desc,
-              disable=not progress or rank != 0) as bar:
-        computed, used_workers = _run_pending(ctx, pending, workers=workers, threads=threads, bar=bar)
+    with job_bar(len(mine), initial=len(mine) - len(pending), desc=desc,
+                 disable=not progress or rank != 0) as bar:
+        computed, used_workers = _run_pending(ctx, pending, workers=workers, threads=per_job, bar=bar)
     records.update((rec["name"], rec) for rec in computed)
 
     counts = [len(computed)] + [sum(r[f] for r in computed) for f in _COUNTED]
     if distributed:
-        others, counts = _join_other_ranks(ctx, [job for job in jobs if job.name not in records], counts)
+        others, counts = _join_other_ranks(ctx, [j for j in jobs if j.name not in records], counts, per_job)
         records.update(others)
     stats = _stats(counts, jobs=len(jobs), workers=world if distributed else used_workers,
                    seconds=time.perf_counter() - t_start, computed=computed)

@@ -8,7 +8,9 @@ layers. ``context_key`` hashes the inputs every job of a run shares (the
 starting model's and teacher's tensors and precisions, the fine-tune settings,
 the data sizes, ...); a user whose results depend on more (ALPS: ``low_bits``
 and its method version) folds that in with ``extend_key``. ``job_key`` adds
-one job's bits and seed. ``read_record`` returns a record only when it parses,
+one job's bits and seed and the torch thread count the job ran with: the
+thread count changes the order of floating-point sums, so a record made with
+another count is recomputed, not mixed with the others. ``read_record`` returns a record only when it parses,
 is complete and has the expected key and name: a record of other inputs, or a
 corrupt or truncated one, counts as missing and is recomputed and overwritten.
 ``valid_records`` and ``wait_for_records`` do the same for a list of jobs.
@@ -37,8 +39,8 @@ __all__ = ["Job", "RECORD_FORMAT", "plain_bits", "plain_settings", "context_key"
 
 RECORD_FORMAT = "mpq-job-record/1"  # part of every key: a format change invalidates old records
 # every field a record must have to be reused (besides format, key, name, bits and seed)
-_FIELDS = ("metric", "train_loss", "seconds", "worker", "device", "steps", "train_samples", "eval_samples",
-           "teacher_samples")
+_FIELDS = ("metric", "train_loss", "seconds", "worker", "device", "threads", "steps", "train_samples",
+           "eval_samples", "teacher_samples")
 _MAX_STEM = 150  # longer record names are cut (and hashed) to stay a valid file name
 
 
@@ -129,13 +131,15 @@ def extend_key(base_key: str, extra: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def job_key(base_key: str, job: Job) -> str:
-    """The key of ``job``'s record: ``base_key`` plus the job's bits (sorted) and seed.
+def job_key(base_key: str, job: Job, *, threads: int) -> str:
+    """The key of ``job``'s record: ``base_key`` plus the job's bits (sorted), seed and ``threads``.
 
     A record is reused only for the same job: the same name (checked by
-    ``read_record``), bits and seed on the same inputs.
+    ``read_record``), bits and seed on the same inputs, computed with the same
+    torch thread count (``threads``).
     """
-    blob = {"base": base_key, "bits": sorted(plain_bits(job.bits).items()), "seed": int(job.seed)}
+    blob = {"base": base_key, "bits": sorted(plain_bits(job.bits).items()), "seed": int(job.seed),
+            "threads": int(threads)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
@@ -155,15 +159,15 @@ def record_path(record_dir: str | Path, name: str) -> Path:
     return Path(record_dir) / f"{stem}.json"
 
 
-def read_record(record_dir: str | Path, job: Job, base_key: str) -> dict[str, Any] | None:
-    """``job``'s record if it exists, parses, is complete and has its key and name; else ``None``."""
+def read_record(record_dir: str | Path, job: Job, base_key: str, *, threads: int) -> dict[str, Any] | None:
+    """``job``'s record if it exists, parses, is complete and has its key (for ``threads``) and name; else ``None``."""
     path = record_path(record_dir, job.name)
     try:
         rec = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError):  # missing, truncated, not JSON
         return None
     if (not isinstance(rec, dict) or rec.get("format") != RECORD_FORMAT
-            or rec.get("key") != job_key(base_key, job) or rec.get("name") != job.name
+            or rec.get("key") != job_key(base_key, job, threads=threads) or rec.get("name") != job.name
             or any(f not in rec for f in _FIELDS)
             or not isinstance(rec["metric"], (int, float)) or isinstance(rec["metric"], bool)):
         return None
@@ -175,16 +179,18 @@ def write_record(record_dir: str | Path, record: Mapping[str, Any]) -> Path:
     return atomic.write_json(record_path(record_dir, record["name"]), record)
 
 
-def valid_records(record_dir: str | Path, jobs: Sequence[Job], base_key: str) -> dict[str, dict[str, Any]]:
+def valid_records(record_dir: str | Path, jobs: Sequence[Job], base_key: str, *,
+                  threads: int) -> dict[str, dict[str, Any]]:
     """``{job.name: record}`` for those of ``jobs`` whose record is valid (``read_record``), in order."""
-    found = {job.name: read_record(record_dir, job, base_key) for job in jobs}
+    found = {job.name: read_record(record_dir, job, base_key, threads=threads) for job in jobs}
     return {name: rec for name, rec in found.items() if rec is not None}
 
 
-def wait_for_records(record_dir: str | Path, jobs: Sequence[Job], base_key: str, *, poll_seconds: float) -> None:
-    """Return once every one of ``jobs`` has a valid record, looking every ``poll_seconds``."""
+def wait_for_records(record_dir: str | Path, jobs: Sequence[Job], base_key: str, *, threads: int,
+                     poll_seconds: float) -> None:
+    """Return once every one of ``jobs`` has a valid record (for ``threads``), looking every ``poll_seconds``."""
     waiting = list(jobs)
     while waiting:
-        waiting = [job for job in waiting if read_record(record_dir, job, base_key) is None]
+        waiting = [job for job in waiting if read_record(record_dir, job, base_key, threads=threads) is None]
         if waiting:
             time.sleep(poll_seconds)

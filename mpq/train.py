@@ -13,6 +13,10 @@ Tasks:
 
 Optional distillation from a float teacher (the quantized fine-tunes use it):
 ``loss = (1 - distill) * CE + distill * KL(teacher || student)``.
+
+Failed training is caught: ``fit`` stops at a non-finite loss
+(``FloatingPointError``), and ``chance_floor`` is the metric below which a
+model is no better than one that ignores its input (``TrainingCollapsed``).
 """
 from __future__ import annotations
 
@@ -27,9 +31,38 @@ from tqdm.auto import tqdm
 
 from .metrics import Accuracy, MeanIoU
 
-__all__ = ["FitSettings", "fit", "evaluate", "resolve_device", "param_groups", "lr_at", "TASKS"]
+__all__ = ["FitSettings", "fit", "evaluate", "resolve_device", "param_groups", "lr_at", "TASKS",
+           "TrainingCollapsed", "chance_floor"]
 
 TASKS = ("classification", "segmentation")
+
+
+class TrainingCollapsed(RuntimeError):
+    """Training ended in a model at chance level (``chance_floor``) although it started above it."""
+
+
+def chance_floor(task: str, num_classes: int, samples: int) -> float:
+    """The metric (percent) at or below which a model is at chance level on ``samples`` evaluation samples.
+
+    A predictor that ignores its input scores at most chance, ``100 /
+    num_classes``, on a class-balanced split (its accuracy is the share of the
+    class it predicts), and the same holds for mIoU over all classes on any
+    split: with predicted class shares ``q_c`` independent of the target,
+    ``IoU_c <= q_c`` in expectation, so ``mIoU <= 100 / num_classes``.
+    Classification adds three standard errors of such a guesser's accuracy,
+    ``100 * 3 * sqrt(p (1 - p) / samples)`` with ``p = 1 / num_classes`` (4.0
+    points on 500 samples of 10 classes), so that a collapsed model that hits
+    one class a little more often than chance still counts; segmentation adds
+    nothing (its metric pools so many pixels that the guesser's noise is
+    negligible).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: choose one of {TASKS}")
+    if num_classes < 2 or samples < 1:
+        raise ValueError(f"chance_floor needs num_classes >= 2 and samples >= 1, got {num_classes}, {samples}")
+    p = 1.0 / num_classes
+    margin = 3 * math.sqrt(p * (1 - p) / samples) if task == "classification" else 0.0
+    return 100.0 * (p + margin)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -160,7 +160,7 @@ def test_resume_after_interrupt_skips_finished_jobs(setup, tmp_path, monkeypatch
     assert calls == [] and list(sub.table["layer"]) == ["conv3"]
     record = json.loads((tmp_path / "conv3.json").read_text())
     assert record["name"] == "conv3" and record["bits"] == {"conv3": 2} and record["seed"] == 0
-    assert record["key"] == records.job_key(again.meta["key"], jobs.Job("conv3", {"conv3": 2}, 0))
+    assert record["key"] == records.job_key(again.meta["key"], jobs.Job("conv3", {"conv3": 2}, 0), threads=1)
     # the run's key: the context's key extended with low_bits and the method version
     assert again.meta["key"] == alps.run_key(context(setup).base_key, 2) != context(setup).base_key
     # record file names: module names as they are; anything else sanitised without collisions
@@ -176,7 +176,7 @@ def test_stale_or_corrupt_records_are_recomputed(setup, tmp_path, monkeypatch):
     other = run(setup, record_dir=str(tmp_path), settings=replace(SETTINGS, lr=0.02))
     assert len(calls) == 4 and other.meta["key"] != first.meta["key"]
     assert all(records.read_record(tmp_path, jobs.Job(layer, {layer: 2} if layer != alps.REFERENCE else {}, 0),
-                                other.meta["key"]) is not None
+                                other.meta["key"], threads=1) is not None
                for layer in [alps.REFERENCE, *other.table["layer"]])
     # other weights (another checkpoint): recomputed again
     calls.clear()

@@ -5,6 +5,7 @@ import torch
 from mpq import checkpoint, config
 from mpq.cli import main
 from mpq.experiment import Experiment
+from mpq.train import TrainingCollapsed
 from tests.conftest import write_params
 
 
@@ -36,14 +37,42 @@ def test_resume_after_interruption_trains_only_what_is_missing(micro_params, tmp
     assert (tmp_path / "uniform2.pt").is_file()
 
 
-def test_checkpoint_of_another_width_is_refused_by_load_and_retrained_by_baselines(micro_params, tmp_path):
+@pytest.mark.parametrize("wrong, message", [({"width": 0.5}, "width=0.5, not 0.0625"),
+                                            ({"network": "resnet101"}, "network='resnet101', not 'resnet50'"),
+                                            ({"num_classes": 11}, "num_classes=11, not 10")])
+def test_checkpoint_of_another_network_is_refused_by_baselines_not_replaced(micro_params, tmp_path, capsys,
+                                                                            wrong, message):
     exp = Experiment(config.load(micro_params), "resnet50", progress=False)
-    model = exp.new_float()
-    checkpoint.save(tmp_path / "float.pt", model, exp.meta("float", model) | {"width": 0.5})
-    with pytest.raises(checkpoint.CheckpointMismatch, match="width=0.5, not 0.0625"):
-        exp.load(tmp_path / "float.pt", "float")
-    exp.baselines(tmp_path)  # stale: retrained and overwritten
-    assert checkpoint.load(tmp_path / "float.pt")[1]["width"] == 0.0625
+    model, folder = exp.new_float(), tmp_path / "resnet50"  # --out DIR: the results go to DIR/<network>
+    checkpoint.save(folder / "float.pt", model, exp.meta("float", model) | wrong)
+    before = (folder / "float.pt").read_bytes()
+    with pytest.raises(checkpoint.CheckpointMismatch, match=message):
+        exp.load(folder / "float.pt", "float")
+    assert main(["--params", str(micro_params), "baselines", "--network", "resnet50", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mpq: error: checkpoint") and message in err and "delete it" in err and "\n" not in err
+    assert (folder / "float.pt").read_bytes() == before and not (folder / "uniform4.pt").exists()
+
+
+def test_collapsed_or_diverged_training_fails_and_keeps_the_good_checkpoints(micro_params, tmp_path, monkeypatch):
+    Experiment(config.load(micro_params), "resnet50", progress=False).baselines(tmp_path)
+    names = ("float.pt", "uniform4.pt", "uniform2.pt", "baselines.json")
+    before = {n: (tmp_path / n).read_bytes() for n in names}
+    # a new recipe whose fine-tune ends at chance level from a start above it (the micro preset's models
+    # are at chance anyway: the start is set to 90 %): refused before anything is written
+    exp = Experiment(config.load(write_params(tmp_path / "p.yaml", base=micro_params,
+                                              network__resnet50__quant_lr=0.02)), "resnet50", progress=False)
+    monkeypatch.setattr(exp, "_start_val_metric", lambda qmodel: 90.0)
+    with pytest.raises(TrainingCollapsed,
+                       match=r"resnet50 uniform4: the fine-tune took the validation metric from 90.0 % to .* "
+                             r"chance level \(<= 15.6 %\).*uniform4.pt was left as it was"):
+        exp.baselines(tmp_path)
+    # a diverging float training (non-finite loss)
+    exp = Experiment(config.load(write_params(tmp_path / "p.yaml", base=micro_params,
+                                              network__resnet50__float_lr=1e30)), "resnet50", progress=False)
+    with pytest.raises(FloatingPointError, match="resnet50 float: loss became .* lower the lr"):
+        exp.baselines(tmp_path)
+    assert {n: (tmp_path / n).read_bytes() for n in names} == before
 
 
 def test_changed_recipe_retrains_and_later_steps_refuse_stale_checkpoints(micro_params, tmp_path):

@@ -97,12 +97,14 @@ def test_full_assignment_changes_exactly_those_layers(ctx, monkeypatch):
     with one_thread():
         again = jobs.run_job(ctx, Job("full", FULL, 0))
     assert fields(again) == fields(rec)
-    # the key: the job's bits (in any order) and seed, not its name
-    key = records.job_key(ctx.base_key, Job("full", FULL, 0))
-    assert rec["key"] == key == records.job_key(ctx.base_key, Job("other", dict(reversed(FULL.items())), 0))
-    assert records.job_key(ctx.base_key, Job("full", {**FULL, "conv3": 2}, 0)) != key
-    assert records.job_key(ctx.base_key, Job("full", FULL, 1)) != key
-    assert records.job_key("another context", Job("full", FULL, 0)) != key
+    # the key: the job's bits (in any order), seed and thread count, not its name
+    key = records.job_key(ctx.base_key, Job("full", FULL, 0), threads=1)
+    assert rec["threads"] == 1
+    assert rec["key"] == key == records.job_key(ctx.base_key, Job("other", dict(reversed(FULL.items())), 0), threads=1)
+    assert records.job_key(ctx.base_key, Job("full", {**FULL, "conv3": 2}, 0), threads=1) != key
+    assert records.job_key(ctx.base_key, Job("full", FULL, 1), threads=1) != key
+    assert records.job_key(ctx.base_key, Job("full", FULL, 0), threads=2) != key
+    assert records.job_key("another context", Job("full", FULL, 0), threads=1) != key
     # an extended context key: another key for another base or other extra values, the same for the same
     extended = records.extend_key(ctx.base_key, {"low_bits": 2})
     assert extended not in (ctx.base_key, records.extend_key(ctx.base_key, {"low_bits": 3}),
@@ -139,23 +141,23 @@ def test_records_are_reused_and_stale_ones_recomputed(ctx, tmp_path, monkeypatch
     assert calls == [] and again == first and stats["run"] == 0 and stats["reused"] == 3
     assert stats["train_samples"] == 0 and stats["devices"] == []
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")} == files
-    assert records.valid_records(tmp_path, job_list, c.base_key) == first
-    records.wait_for_records(tmp_path, job_list, c.base_key, poll_seconds=60)  # all there: returns at once
+    assert records.valid_records(tmp_path, job_list, c.base_key, threads=1) == first
+    records.wait_for_records(tmp_path, job_list, c.base_key, threads=1, poll_seconds=60)  # all there: returns at once
     # the same names with another seed or other bits: the key differs, recomputed and overwritten
     changed = [Job("start", {}, 1), Job("full", {**FULL, "conv3": 2}, 0), job_list[2]]
     other, stats = run(c, changed)
     assert calls == ["start", "full"] and stats["run"] == 2 and stats["reused"] == 1
     assert other["a/b"] == first["a/b"] and other["full"]["bits"]["conv3"] == 2
     assert other["start"]["key"] != first["start"]["key"] and other["start"]["seed"] == 1
-    assert records.read_record(tmp_path, job_list[0], c.base_key) is None
-    assert records.read_record(tmp_path, changed[0], c.base_key) == other["start"]
+    assert records.read_record(tmp_path, job_list[0], c.base_key, threads=1) is None
+    assert records.read_record(tmp_path, changed[0], c.base_key, threads=1) == other["start"]
     # another context (e.g. other settings): nothing is reused
-    assert records.read_record(tmp_path, changed[2], "another context") is None
+    assert records.read_record(tmp_path, changed[2], "another context", threads=1) is None
     # a record under another job's name, a truncated one, garbage: not reused
     path = records.record_path(tmp_path, "a/b")
-    assert records.read_record(tmp_path, replace(changed[2], name="a_b"), c.base_key) is None
+    assert records.read_record(tmp_path, replace(changed[2], name="a_b"), c.base_key, threads=1) is None
     path.write_text(path.read_text()[:50])
-    assert records.read_record(tmp_path, changed[2], c.base_key) is None
+    assert records.read_record(tmp_path, changed[2], c.base_key, threads=1) is None
     path.write_bytes(b"\x00\xff garbage")
     calls.clear()
     fixed, _ = run(c, changed)
@@ -218,3 +220,25 @@ def test_no_finetune(ctx, monkeypatch):
             assert rec["steps"] == 0 and math.isnan(rec["train_loss"])
             model = mpq.set_bits(copy.deepcopy(ctx.model), bits)
             assert rec["metric"] == evaluate(model, loader, task="classification", num_classes=4)
+
+
+def test_a_change_of_threads_per_job_recomputes(ctx, tmp_path, monkeypatch):
+    """The thread count changes float sums: records of another count are recomputed, not mixed."""
+    c = replace(ctx, record_dir=str(tmp_path))
+    job_list = [Job("start", {}, 0), Job("conv3", {"conv3": 2}, 0)]
+    calls = counting(monkeypatch)
+    one, _ = run(c, job_list)
+    assert calls == ["start", "conv3"] and {r["threads"] for r in one.values()} == {1}
+    calls.clear()
+    two, stats = run(c, job_list, threads=2)
+    assert calls == ["start", "conv3"] and stats["reused"] == 0
+    assert {r["threads"] for r in two.values()} == {2} and two["start"]["key"] != one["start"]["key"]
+    calls.clear()
+    # workers=2 without threads: this process's threads / 2 each (4 // 2 = 2): the 2-thread records
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        again, stats = run(c, job_list, threads=None, workers=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == [] and stats["reused"] == 2 and again == two

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import mpq
 from mpq import networks
-from mpq.train import FitSettings, evaluate, fit, lr_at, param_groups
+from mpq.train import FitSettings, chance_floor, evaluate, fit, lr_at, param_groups
 
 
 def loader(task, n=8, size=32, classes=10, batch=4):
@@ -95,3 +95,16 @@ def test_cuda_step_matches_the_cpu_path():
                 settings=FitSettings(epochs=1, lr=0.01), device="cuda", progress=False)
     assert math.isfinite(stats["loss"])
     assert 0 <= evaluate(model, loader("classification"), task="classification", num_classes=10, device="cuda") <= 100
+
+
+def test_chance_floor():
+    # classification: 100 / C plus three standard errors of a guesser on the evaluation samples
+    assert chance_floor("classification", 10, 500) == pytest.approx(10 + 300 * math.sqrt(0.09 / 500))
+    assert chance_floor("classification", 10, 256) == pytest.approx(15.625)
+    assert 10.2 <= chance_floor("classification", 10, 1000) < 23.0  # the collapsed and the real 2-bit model
+    # segmentation: 100 / C, the most a predictor that ignores its input reaches
+    assert chance_floor("segmentation", 11, 300) == pytest.approx(100 / 11)
+    with pytest.raises(ValueError, match="unknown task"):
+        chance_floor("detection", 10, 1)
+    with pytest.raises(ValueError, match="num_classes >= 2"):
+        chance_floor("classification", 1, 10)
