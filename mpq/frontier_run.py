@@ -20,7 +20,7 @@ from torch import nn
 from . import atomic, bitconfig, cost, frontier, jobs, methods, paths
 from .experiment import Experiment, barrier, world
 from .quantized import candidate_layers, get_bits
-from .sensitivity import Sensitivity
+from .sensitivity import Sensitivity, check_inputs
 
 __all__ = ["cost_model", "layer_table", "run"]
 
@@ -55,7 +55,12 @@ def layer_table(qmodel: nn.Module, cm: dict[str, Any]) -> pd.DataFrame:
 
 
 def _scores(exp: Experiment, names: tuple[str, ...], qmodel: nn.Module, out: Path) -> dict[str, Any]:
-    """Each method's allocator table: read from its sensitivity table, or drawn per seed."""
+    """Each method's allocator table: read from its sensitivity table, or drawn per seed.
+
+    A table computed from other inputs than today's (another checkpoint, recipe
+    or method settings) is refused with one line saying what to rerun
+    (``mpq.sensitivity.check_inputs``).
+    """
     scores: dict[str, Any] = {}
     for name in names:
         if methods.get(name).per_seed:
@@ -63,7 +68,9 @@ def _scores(exp: Experiment, names: tuple[str, ...], qmodel: nn.Module, out: Pat
             scores[name] = (lambda seed, name=name, compute=compute: compute(
                 exp, method=name, qmodel=qmodel, teacher=None, out=out, seed=seed).for_allocator())
         else:
-            scores[name] = Sensitivity.load(out / paths.SENSITIVITY, name).for_allocator()
+            sens = Sensitivity.load(out / paths.SENSITIVITY, name)
+            check_inputs(sens, exp, out)
+            scores[name] = sens.for_allocator()
     return scores
 
 
@@ -78,8 +85,13 @@ def run(exp: Experiment, outdir: str | Path | None = None, names: tuple[str, ...
     missing. Returns the ``frontier.csv`` table.
     """
     out = Path(outdir) if outdir is not None else paths.network_dir(exp.network)
+    with exp.results_lock(out):
+        return _run(exp, out, exp.cfg.frontier.methods if names is None else names)
+
+
+def _run(exp: Experiment, out: Path, names: tuple[str, ...]) -> pd.DataFrame:
+    """``run`` with the results folder locked."""
     cfg, q = exp.cfg, exp.cfg.quant
-    names = cfg.frontier.methods if names is None else names
     qmodel, fmodel = exp.start_models(out)
     cm = cost_model(exp, qmodel)
     all_start = get_bits(qmodel)

@@ -6,9 +6,18 @@ layer from ``bits_from`` to ``bits_to``) plus method-specific columns, and a
 ``CostRecord`` of what computing it took (wall seconds, device, passes).
 The allocator and the report read only the common columns, so no method is
 ever special-cased downstream.
+
+A table computed by the pipeline also records the identity of its inputs
+(``meta["inputs"]``, see ``inputs_identity``): the starting checkpoint and its
+float teacher (content hashes), the checkpoint's recipe and the method's
+settings. The frontier refuses a table whose inputs are no longer today's
+(``check_inputs``), so a retrained checkpoint or a changed setting can never be
+allocated from silently.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import platform
 import socket
@@ -19,9 +28,10 @@ from typing import Any
 
 import pandas as pd
 
-from . import atomic
+from . import atomic, methods, paths
 
-__all__ = ["COLUMNS", "CostRecord", "Sensitivity", "device_name", "allocator_table", "SCORE_FLOOR"]
+__all__ = ["COLUMNS", "CostRecord", "Sensitivity", "device_name", "allocator_table", "SCORE_FLOOR",
+           "StaleSensitivity", "inputs_identity", "check_inputs"]
 
 COLUMNS = ("layer", "bits_from", "bits_to", "score")
 SCORE_FLOOR = 1e-6  # relative to the largest score: the smallest cost of reducing a layer
@@ -118,3 +128,70 @@ class Sensitivity:
                 raise FileNotFoundError(f"{p} not found: run `mpq sensitivity --method {method}` first")
         blob = json.loads(js.read_text())
         return cls(method, pd.read_csv(csv), CostRecord(**blob["cost"]), blob.get("meta", {}))
+
+
+# --------------------------------------------------------------------------- the inputs of a table
+
+class StaleSensitivity(ValueError):
+    """A sensitivity table computed from other inputs than today's; the message says what to rerun."""
+
+
+def _file_hash(path: Path) -> str:
+    """A short SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _setting(cfg: Any, key: str) -> Any:
+    """The value of a params key (``seed``, ``alps.workers``, a whole section ``hessian``), JSON-ready."""
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def inputs_identity(exp: Any, method: str, out: str | Path) -> dict[str, Any]:
+    """What ``method``'s table for ``exp``'s network is computed from, as it stands now.
+
+    ``exp`` is an ``mpq.experiment.Experiment`` and ``out`` its network's
+    results folder. The identity has ``checkpoint`` and ``teacher`` (content
+    hashes of the all-``start_bits`` checkpoint and the float checkpoint),
+    ``recipe`` (``exp.recipe`` of the starting checkpoint) and ``settings``
+    (the values of the params keys the method reads, ``Method.param_keys``):
+    a table whose recorded identity differs from this one is stale.
+    """
+    out, start = Path(out), exp.cfg.quant.start_bits
+    return {"checkpoint": _file_hash(out / paths.uniform_ckpt(start)),
+            "teacher": _file_hash(out / paths.FLOAT_CKPT),
+            "recipe": exp.recipe("quant", start),
+            # through JSON, as stored: a tuple compares equal to the list it is read back as
+            "settings": json.loads(json.dumps({key: _setting(exp.cfg, key)
+                                               for key in methods.get(method).param_keys}, default=str))}
+
+
+_WHAT = {"checkpoint": "starting checkpoint", "teacher": "float checkpoint", "recipe": "checkpoint recipe",
+         "settings": "method settings"}
+
+
+def check_inputs(sens: Sensitivity, exp: Any, out: str | Path) -> None:
+    """Refuse ``sens`` unless it was computed from today's inputs (``inputs_identity``).
+
+    Raises ``StaleSensitivity`` with one line naming the stale table, what
+    differs and the command that recomputes it.
+    """
+    table = Path(out) / paths.SENSITIVITY / f"{sens.method}.csv"
+    rerun = f"rerun `mpq sensitivity --network {exp.network} --method {sens.method}`"
+    recorded = sens.meta.get("inputs")
+    if recorded is None:
+        raise StaleSensitivity(f"{table} is stale: it carries no record of the inputs it was computed "
+                               f"from; {rerun}")
+    current = inputs_identity(exp, sens.method, out)
+    changed = [_WHAT[k] for k in _WHAT if recorded.get(k) != current[k]]
+    if recorded.get("settings") != current["settings"]:
+        changed[-1] += f" ({', '.join(methods.get(sens.method).param_keys)})"
+    if changed:
+        what = " and ".join([", ".join(changed[:-1]), changed[-1]] if len(changed) > 1 else changed)
+        raise StaleSensitivity(f"{table} is stale: the {what} changed since it was computed; {rerun}")
