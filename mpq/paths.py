@@ -6,9 +6,10 @@ whole ``results/`` folder). Changing a layout here changes it everywhere.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-__all__ = ["RESULTS", "network_dir", "report_dir", "FLOAT_CKPT", "BASELINES_JSON", "SENSITIVITY", "RECORDS", "CONFIGS", "FRONTIER_CSV", "LAYERS_CSV", "FRONTIER_SUMMARY_CSV", "uniform_ckpt"]
+__all__ = ["enter_repository", "RESULTS", "network_dir", "report_dir", "FLOAT_CKPT", "BASELINES_JSON", "SENSITIVITY", "RECORDS", "CONFIGS", "FRONTIER_CSV", "LAYERS_CSV", "FRONTIER_SUMMARY_CSV", "uniform_ckpt"]
 
 RESULTS = Path("results")
 FLOAT_CKPT = "float.pt"
@@ -32,3 +33,20 @@ def network_dir(network: str, root: str | Path = RESULTS) -> Path:
 
 def report_dir() -> Path:
     return Path("report")
+
+
+def enter_repository(start: str | Path | None = None) -> Path:
+    """Change the working directory to the repository root (the nearest folder, from ``start`` or
+    the current one upwards, holding ``dvc.yaml`` and ``params.yaml``) and return it.
+
+    Every path here is relative to that root. Papermill runs the notebooks there already; Jupyter
+    starts a notebook's kernel in the notebook's own folder (``notebooks/`` or
+    ``results/<network>/``), so each notebook calls this first.
+    """
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file() and (folder / "params.yaml").is_file():
+            os.chdir(folder)
+            return folder
+    raise FileNotFoundError(f"no repository root (a folder with dvc.yaml and params.yaml) at or above {here}")
+

@@ -139,7 +139,7 @@ def test_act_quantizer_sign_and_reinit():
     assert not bool(aq.signed) and bool(aq.initialized)
     assert float(aq.abs_mean) == pytest.approx(x.abs().mean().item())
     assert (y >= 0).all()
-    step4 = float(aq.step)
+    step4 = aq.step.item()
     aq.bits = 2
     aq.init_step()  # re-initialised from the stored mean|x|, no data needed
     assert float(aq.step) == pytest.approx(step4 * math.sqrt(15) / math.sqrt(3), rel=1e-5)
