@@ -125,3 +125,11 @@ def test_frozen_and_net_lookup():
     with pytest.raises(ConfigError, match="'vgg' is not configured"):
         cfg.net("vgg")
     assert cfg.fingerprint("train") == config.load(ROOT / "params.yaml").fingerprint("train")
+
+
+def test_enter_repository_finds_the_root_from_a_subfolder(tmp_path, monkeypatch):
+    from mpq import paths
+    monkeypatch.chdir(ROOT / "results")
+    assert paths.enter_repository() == ROOT and Path.cwd() == ROOT
+    with pytest.raises(FileNotFoundError, match="no repository root"):
+        paths.enter_repository(tmp_path)
