@@ -17,6 +17,7 @@ allocated from silently.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import platform
@@ -137,7 +138,19 @@ class StaleSensitivity(ValueError):
 
 
 def _file_hash(path: Path) -> str:
-    """A short SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    """A short SHA-256 of a file's bytes, read once per version of the file.
+
+    Every table of a step (and every check of the frontier) hashes the same two
+    checkpoints; the cache key includes the file's size and modification time,
+    so a rewritten checkpoint is hashed again.
+    """
+    st = Path(path).stat()
+    return _hash_bytes(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _hash_bytes(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of ``path`` (read in 1 MiB chunks); ``size`` and ``mtime_ns`` only key the cache."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
