@@ -180,21 +180,30 @@ def _cmd_allocate(args: argparse.Namespace) -> None:
     q.eval()
     q(x)  # activation steps (kept where --weights brought trained ones)
     macs, params = cost.layer_macs(q, x), cost.layer_params(q)
-    cands = candidate_layers(q)
+    unused = [n for n, v in macs.items() if v == 0]  # never run in eval: no inference cost, not chosen
+    cands = [n for n in candidate_layers(q) if macs[n] > 0]
     bits0 = get_bits(q)
+    if not cands:
+        raise ValueError(f"{args.model} has no layer to choose a precision for: its {len(bits0)} quantized "
+                         "layers are the first and the last (kept at 8 bits) or never run in eval")
     fixed = {n: b for n, b in bits0.items() if n not in cands}
     table = cost.layer_costs(args.cost, macs, params, cands, [args.start_bits, args.low_bits])
     sens = eagl.scores(q, variant=args.variant, low_bits=args.low_bits).for_allocator()
+    sens = {n: sens[n] for n in cands}
     [alloc] = allocate.sweep(sens, table, [args.budget], reference_bits=args.start_bits,
                              fixed_cost=cost.total_cost(args.cost, fixed, macs, params))
     bits = {**bits0, **alloc.bits}
     pred = cost.summary(bits, bits0, macs, params)
     save_bits(args.out, bits, network=args.model, method=f"eagl-{args.variant}", cost_model=args.cost,
               target=args.budget, predicted={k: round(v, 6) for k, v in pred.items()},
-              checkpoint=args.weights or ("torchvision DEFAULT weights" if args.pretrained else "untrained"))
+              checkpoint=args.weights or ("torchvision DEFAULT weights" if args.pretrained else "untrained"),
+              **({"not_run_in_eval": unused} if unused else {}))
     n_low = sum(b == args.low_bits for b in alloc.bits.values())
     print(f"{args.out}: {n_low}/{len(cands)} layers at {args.low_bits} bits, relative {args.cost} "
           f"{alloc.relative:.3f}x (asked {args.budget}x)")
+    if unused:
+        print(f"{len(unused)} layers never run in eval (e.g. {unused[0]}): kept at {args.start_bits} bits, "
+              "no inference cost (listed as not_run_in_eval)")
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> None:

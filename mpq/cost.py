@@ -17,44 +17,76 @@ A measured per-layer latency table ``{layer: {bits: seconds}}`` may replace the
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
-__all__ = ["COSTS", "SPEEDUP", "layer_macs", "layer_params", "layer_costs", "total_cost",
+from .quantizers import QUANT_LAYERS as _Quantized
+from .quantizers import UnsupportedLayerError
+
+__all__ = ["COSTS", "SPEEDUP", "LAYER_TYPES", "layer_macs", "layer_params", "layer_costs", "total_cost",
            "relative", "summary"]
 
 COSTS = ("throughput", "bops", "size")
+# the layer types with a cost (the float classes; their quantized twins subclass them)
+LAYER_TYPES = (_ConvNd, nn.Linear, nn.MultiheadAttention)
 SPEEDUP = {32: 0.5, 16: 0.5, 8: 1.0, 4: 2.0, 2: 4.0}
 
 
 def _layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    """The weighted layers the cost counts (float or quantized), by first module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    return module.in_proj_weight if isinstance(module, nn.MultiheadAttention) else module.weight
+
+
+def _macs(module: nn.Module, args: tuple, kwargs: dict, output, batch: int) -> int:
+    """Multiply-accumulates of one call of ``module`` per sample."""
+    if isinstance(module, nn.MultiheadAttention):  # q, k and v through the packed input projection
+        inputs = list(args[:3]) + [kwargs[k] for k in ("query", "key", "value")[len(args):] if k in kwargs]
+        return sum(t.numel() for t in inputs) // batch * module.embed_dim
+    if isinstance(module, _ConvTransposeNd):  # every input element is spread over out/groups x kernel
+        return args[0].numel() // batch * math.prod(module.kernel_size) * (module.out_channels // module.groups)
+    if isinstance(module, _ConvNd):  # every output element is a dot product over in/groups x kernel
+        return output.numel() // batch * math.prod(module.kernel_size) * (module.in_channels // module.groups)
+    return output.numel() // batch * module.in_features  # Linear
 
 
 @torch.no_grad()
 def layer_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
-    """MACs of every Conv2d/Linear for one sample of ``example_input``'s shape.
+    """MACs of every weighted layer for one sample of ``example_input``'s shape.
 
-    Measured with forward hooks, so it follows the real graph (dilations,
-    pyramid-pooling bins, the layers a forward pass actually runs). A layer run
-    twice counts twice. ``example_input`` is ``(N, C, H, W)``; results are per sample.
+    Measured with forward hooks in eval mode, so it follows the real graph
+    (dilations, pyramid-pooling bins, the layers a forward pass actually runs).
+    A layer run twice (or shared under two names) counts every call; a layer
+    that never runs in eval (a training-only auxiliary head) counts 0. A layer
+    whose parent runs but reads the layer's weight itself, bypassing its forward
+    (so neither a quantizer nor this count would see it), is an
+    ``UnsupportedLayerError`` naming both. ``example_input`` is ``(N, ...)``;
+    results are per sample.
     """
-    macs: dict[str, int] = {}
+    layers = _layers(model)
+    macs = dict.fromkeys(layers, 0)
+    ran: set[int] = set()
     batch = example_input.shape[0]
 
     def hook(name):
-        def fn(module, inputs, output):
-            if isinstance(module, nn.Conv2d):
-                k = module.kernel_size[0] * module.kernel_size[1] * (module.in_channels // module.groups)
-                n = output.numel() // batch * k
-            else:  # Linear: every output element is one dot product over in_features
-                n = output.numel() // batch * module.in_features
-            macs[name] = macs.get(name, 0) + int(n)
+        def fn(module, args, kwargs, output):
+            macs[name] += int(_macs(module, args, kwargs, output, batch))
+            if isinstance(module, nn.MultiheadAttention) and not isinstance(module.out_proj, _Quantized):
+                # torch's attention applies its float out_proj's weight itself
+                out = output[0] if isinstance(output, tuple) else output
+                macs[f"{name}.out_proj"] += out.numel() // batch * module.embed_dim
+                ran.add(id(module.out_proj))
         return fn
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in _layers(model).items()]
+    handles = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in layers.items()]
+    handles += [m.register_forward_hook(lambda module, i, o: ran.add(id(module))) for m in model.modules()]
     was_training = model.training
     try:
         model.eval()
@@ -63,12 +95,20 @@ def layer_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
         model.train(was_training)
         for h in handles:
             h.remove()
+    for name, layer in layers.items():
+        parent_name = name.rpartition(".")[0]
+        parent = model.get_submodule(parent_name)
+        if id(layer) not in ran and id(parent) in ran:
+            raise UnsupportedLayerError(
+                f"layer {name!r} never runs its own forward: its parent {parent_name or 'the model'!r} "
+                f"({type(parent).__name__}) applies its weight directly, so mpq can neither quantize "
+                "nor count it; replace that module by one that calls its layers")
     return macs
 
 
 def layer_params(model: nn.Module) -> dict[str, int]:
-    """Weight parameters of every Conv2d/Linear (bias excluded: it stays in 32 bits)."""
-    return {n: m.weight.numel() for n, m in _layers(model).items()}
+    """Weight parameters of every weighted layer (biases excluded: they stay in 32 bits)."""
+    return {n: _weight(m).numel() for n, m in _layers(model).items()}
 
 
 def _unit(kind: str, bits: int, macs: int, params: int) -> float:

@@ -1,8 +1,9 @@
 """Turn a float model into a quantized one and read or change its precisions.
 
 The decision unit is one conv/linear layer, named by its module name in the
-model (``layer3.4.conv2``). ``quantize`` replaces every ``nn.Conv2d`` and
-``nn.Linear`` by its LSQ twin (``QConv2d``/``QLinear``); the layers named in
+model (``layer3.4.conv2``). ``quantize`` replaces every ``nn.Conv{1,2,3}d``,
+``nn.ConvTranspose{1,2,3}d``, ``nn.Linear`` and ``nn.MultiheadAttention`` by its
+LSQ twin (``QConv2d``, ``QLinear``, ...: ``mpq.quantizers.QUANTIZED_TWIN``); the layers named in
 ``keep_8bit`` (by default the first and the last quantizable layer: the stem
 conv and the classifier) stay at 8 bits and are not candidates.
 """
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .quantizers import QUANT_LAYERS, QConv2d, QLinear, qrange
+from .quantizers import QUANT_LAYERS, QUANTIZED_TWIN, UnsupportedLayerError, qrange
 
 __all__ = ["quantize", "set_bits", "get_bits", "candidate_layers", "quant_layers",
            "is_quantized", "calibrate", "float_view", "NotQuantizedError"]
@@ -24,43 +25,77 @@ class NotQuantizedError(ValueError):
     """Raised where a quantized model is required but a float one was given."""
 
 
-def _float_layers(model: nn.Module, skip: Sequence[str]) -> list[str]:
+# weighted layers mpq does not quantize: named in one line instead of left float in silence
+_UNSUPPORTED = (nn.RNNBase, nn.RNNCellBase, nn.Bilinear, nn.modules.lazy.LazyModuleMixin)
+
+
+def _twin(module: nn.Module) -> type | None:
+    """The quantized class for ``module``'s type (subclasses map like their base), else None."""
+    return next((q for f, q in QUANTIZED_TWIN.items() if isinstance(module, f)), None)
+
+
+def _float_layers(model: nn.Module, skip: Sequence[str]) -> dict[str, list[str]]:
+    """``{first name: [every name]}`` of the quantizable layers, in model order.
+
+    A module registered under several names (shared weights) is one layer, named
+    by its first name; every name is replaced by the same quantized module, so the
+    sharing survives. Layers inside a quantizable module (an attention's output
+    projection) are listed too: the quantized parent calls them.
+    """
     def skipped(name: str) -> bool:
         return any(name == p or name.startswith(p + ".") for p in skip)
-    return [n for n, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, QUANT_LAYERS) and not skipped(n)]
+    groups: dict[int, list[str]] = {}
+    first: dict[int, str] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        if skipped(n):
+            continue
+        if isinstance(m, _UNSUPPORTED):
+            raise UnsupportedLayerError(
+                f"layer {n!r} is a {type(m).__name__}, which mpq cannot quantize (supported: "
+                f"{', '.join(c.__name__ for c in QUANTIZED_TWIN)}); pass skip=[{n!r}] to keep it float")
+        if _twin(m) is not None and not isinstance(m, QUANT_LAYERS):
+            groups.setdefault(id(m), []).append(n)
+            first.setdefault(id(m), n)
+    return {first[k]: names for k, names in groups.items()}
 
 
 def quantize(model: nn.Module, bits: int = 4, *, keep_8bit: Sequence[str] | None = None,
              skip: Sequence[str] = (), per_channel: bool = False) -> nn.Module:
     """Return a quantized deep copy of ``model`` (any torchvision-style model).
 
-    Every ``Conv2d``/``Linear`` gets LSQ quantizers for its weights and input
+    Every ``Conv{1,2,3}d``, ``ConvTranspose{1,2,3}d``, ``Linear`` and
+    ``MultiheadAttention`` (its input projection; its output projection is a
+    ``Linear`` of its own) gets LSQ quantizers for its weights and input
     activations at ``bits``; those named in ``keep_8bit`` stay at 8 bits (None:
     the first and the last such layer). Module names under a prefix in ``skip``
-    stay float (e.g. a training-only auxiliary head). Weight steps are set from
-    the weights now; activation steps from the first batch the model sees
-    (``calibrate``).
+    stay float (e.g. a training-only auxiliary head). A layer type mpq cannot
+    quantize (recurrent, bilinear, lazy) raises ``UnsupportedLayerError``. Weight
+    steps are set from the weights now; activation steps from the first batch the
+    model sees (``calibrate``).
     """
     if is_quantized(model):
         raise ValueError("the model is already quantized: use mpq.set_bits to change its precisions")
     qrange(bits, True)
-    names = _float_layers(model, skip)
+    groups = _float_layers(model, skip)
+    names = list(groups)
     if not names:
-        raise ValueError("the model has no Conv2d or Linear layer to quantize")
+        raise ValueError("the model has no Conv, ConvTranspose, Linear or MultiheadAttention layer to quantize")
     keep = [names[0], names[-1]] if keep_8bit is None else list(keep_8bit)
     unknown = [k for k in keep if k not in names]
     if unknown:
         raise ValueError(f"keep_8bit names layers that are not quantizable in this model: {unknown}")
     qmodel = copy.deepcopy(model)
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
-        layer = getattr(parent, child)
+    for name, paths in groups.items():
         fixed = name in keep
-        cls = QConv2d if isinstance(layer, nn.Conv2d) else QLinear
-        setattr(parent, child, cls.from_float(layer, 8 if fixed else bits, per_channel=per_channel,
-                                              fixed=fixed))
+        layer = qmodel.get_submodule(name)
+        if isinstance(layer, QUANT_LAYERS):  # made by its quantized parent (attention's out_proj)
+            layer.fixed = fixed
+            layer.set_bits(8 if fixed else bits)
+            continue
+        qlayer = _twin(layer).from_float(layer, 8 if fixed else bits, per_channel=per_channel, fixed=fixed)
+        for path in paths:
+            parent_name, _, child = path.rpartition(".")
+            setattr(qmodel.get_submodule(parent_name) if parent_name else qmodel, child, qlayer)
     return qmodel
 
 
@@ -117,7 +152,8 @@ def float_view(qmodel: nn.Module) -> nn.Module:
     fmodel = copy.deepcopy(qmodel)
     for layer in _require_quantized(fmodel).values():
         layer.wq.bits = None
-        layer.aq.bits = None
+        for aq in layer.act_quantizers():
+            aq.bits = None
     return fmodel
 
 

@@ -35,9 +35,17 @@ __all__ = [
     "lsq_init_step",
     "WeightQuantizer",
     "ActQuantizer",
+    "QConv1d",
     "QConv2d",
+    "QConv3d",
+    "QConvTranspose1d",
+    "QConvTranspose2d",
+    "QConvTranspose3d",
     "QLinear",
+    "QMultiheadAttention",
+    "QUANTIZED_TWIN",
     "QUANT_LAYERS",
+    "UnsupportedLayerError",
 ]
 
 
@@ -205,7 +213,7 @@ class ActQuantizer(nn.Module):
 
 
 class _QuantLayer:
-    """Mixin: a conv/linear whose weights and input activations share one precision."""
+    """Mixin: a weighted layer whose weights and input activations share one precision."""
 
     wq: WeightQuantizer
     aq: ActQuantizer
@@ -214,6 +222,10 @@ class _QuantLayer:
     @property
     def bits(self) -> int | None:
         return self.wq.bits
+
+    def act_quantizers(self) -> list[ActQuantizer]:
+        """Every input-activation quantizer of the layer (one, except for attention)."""
+        return [self.aq]
 
     def _adopt(self, module: nn.Module, bits: int | None, per_channel: bool, fixed: bool):
         """Take ``module``'s weights and mode, then attach the quantizers; return self."""
@@ -229,9 +241,10 @@ class _QuantLayer:
         if bits == self.wq.bits:
             return
         self.wq.bits = bits
-        self.aq.bits = bits
         self.wq.init_step(self.weight)
-        self.aq.init_step()
+        for aq in self.act_quantizers():
+            aq.bits = bits
+            aq.init_step()
 
     def _attach(self, bits: int | None, per_channel: bool, fixed: bool) -> None:
         self.wq = WeightQuantizer(self.weight.shape, bits, per_channel=per_channel)
@@ -240,12 +253,12 @@ class _QuantLayer:
         self.fixed = fixed
 
 
-class QConv2d(_QuantLayer, nn.Conv2d):
-    """``nn.Conv2d`` with LSQ-quantized weights and input activations."""
+class _QConvNd(_QuantLayer):
+    """``nn.Conv{1,2,3}d`` with LSQ-quantized weights and input activations."""
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, bits: int | None, *, per_channel: bool = False,
-                   fixed: bool = False) -> "QConv2d":
+    def from_float(cls, conv: nn.Module, bits: int | None, *, per_channel: bool = False,
+                   fixed: bool = False):
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                 padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
                 bias=conv.bias is not None, padding_mode=conv.padding_mode,
@@ -254,6 +267,61 @@ class QConv2d(_QuantLayer, nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(self.aq(x), self.wq(self.weight), self.bias)
+
+
+class QConv1d(_QConvNd, nn.Conv1d):
+    """``nn.Conv1d`` with LSQ-quantized weights and input activations."""
+
+
+class QConv2d(_QConvNd, nn.Conv2d):
+    """``nn.Conv2d`` with LSQ-quantized weights and input activations."""
+
+
+class QConv3d(_QConvNd, nn.Conv3d):
+    """``nn.Conv3d`` with LSQ-quantized weights and input activations."""
+
+
+class _QConvTransposeNd(_QuantLayer):
+    """``nn.ConvTranspose{1,2,3}d`` with LSQ-quantized weights and input activations.
+
+    The weight is ``(in, out/groups, *kernel)``: a per-channel step is per input channel.
+    """
+
+    _functional = staticmethod(F.conv_transpose2d)
+
+    @classmethod
+    def from_float(cls, conv: nn.Module, bits: int | None, *, per_channel: bool = False,
+                   fixed: bool = False):
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                padding=conv.padding, output_padding=conv.output_padding, groups=conv.groups,
+                bias=conv.bias is not None, dilation=conv.dilation, padding_mode=conv.padding_mode,
+                device=conv.weight.device, dtype=conv.weight.dtype)
+        return q._adopt(conv, bits, per_channel, fixed)
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        dims = len(self.kernel_size)
+        output_padding = self._output_padding(x, output_size, self.stride, self.padding,
+                                              self.kernel_size, dims, self.dilation)
+        return self._functional(self.aq(x), self.wq(self.weight), self.bias, self.stride, self.padding,
+                                output_padding, self.groups, self.dilation)
+
+
+class QConvTranspose1d(_QConvTransposeNd, nn.ConvTranspose1d):
+    """``nn.ConvTranspose1d`` with LSQ-quantized weights and input activations."""
+
+    _functional = staticmethod(F.conv_transpose1d)
+
+
+class QConvTranspose2d(_QConvTransposeNd, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` with LSQ-quantized weights and input activations."""
+
+    _functional = staticmethod(F.conv_transpose2d)
+
+
+class QConvTranspose3d(_QConvTransposeNd, nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` with LSQ-quantized weights and input activations."""
+
+    _functional = staticmethod(F.conv_transpose3d)
 
 
 class QLinear(_QuantLayer, nn.Linear):
@@ -270,4 +338,73 @@ class QLinear(_QuantLayer, nn.Linear):
         return F.linear(self.aq(x), self.wq(self.weight), self.bias)
 
 
-QUANT_LAYERS = (QConv2d, QLinear)
+class QMultiheadAttention(_QuantLayer, nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` whose input projection is a quantized layer.
+
+    The decision unit named by the attention module is its packed query/key/value
+    projection (``in_proj_weight``, with LSQ steps for the weights and for the
+    query, key and value inputs: one shared input quantizer in self-attention,
+    where the three are one tensor). The output projection ``out_proj`` is a
+    ``QLinear`` of its own (a separate unit) that this module calls, so both
+    projections are quantized; the attention products themselves (``QK^T``,
+    ``softmax·V``) hold no weights and stay float, as in the paper's convs.
+    """
+
+    weight = property(lambda self: self.in_proj_weight)
+
+    @classmethod
+    def from_float(cls, mha: nn.MultiheadAttention, bits: int | None, *, per_channel: bool = False,
+                   fixed: bool = False) -> "QMultiheadAttention":
+        if not mha._qkv_same_embed_dim:
+            raise UnsupportedLayerError(
+                "nn.MultiheadAttention with kdim/vdim != embed_dim (separate q/k/v projection "
+                "weights) is not supported")
+        q = cls(mha.embed_dim, mha.num_heads, dropout=mha.dropout, bias=mha.in_proj_bias is not None,
+                add_bias_kv=mha.bias_k is not None, add_zero_attn=mha.add_zero_attn,
+                batch_first=mha.batch_first, device=mha.in_proj_weight.device,
+                dtype=mha.in_proj_weight.dtype)
+        q._adopt(mha, bits, per_channel, fixed)
+        if not isinstance(q.out_proj, QLinear):  # the output projection: a unit of its own
+            q.out_proj = QLinear.from_float(q.out_proj, bits, per_channel=per_channel, fixed=fixed)
+        return q
+
+    def _attach(self, bits: int | None, per_channel: bool, fixed: bool) -> None:
+        super()._attach(bits, per_channel, fixed)
+        self.aq_key = ActQuantizer(bits)
+        self.aq_value = ActQuantizer(bits)
+
+    def act_quantizers(self) -> list[ActQuantizer]:
+        return [self.aq, self.aq_key, self.aq_value]
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
+                need_weights: bool = True, attn_mask: Tensor | None = None,
+                average_attn_weights: bool = True, is_causal: bool = False):
+        q = self.aq(query)
+        k = q if key is query else self.aq_key(key)
+        v = q if value is query else k if value is key else self.aq_value(value)
+        if self.batch_first:
+            q, k, v = (t.transpose(1, 0) for t in (q, k, v))
+        identity = torch.eye(self.embed_dim, dtype=q.dtype, device=q.device)
+        out, weights = F.multi_head_attention_forward(
+            q, k, v, self.embed_dim, self.num_heads, self.wq(self.in_proj_weight), self.in_proj_bias,
+            self.bias_k, self.bias_v, self.add_zero_attn, self.dropout, identity, None,
+            training=self.training, key_padding_mask=key_padding_mask, need_weights=need_weights,
+            attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
+        out = self.out_proj(out)  # the heads' concatenation through the quantized output projection
+        return (out.transpose(1, 0) if self.batch_first else out), weights
+
+
+class UnsupportedLayerError(ValueError):
+    """A weighted layer mpq cannot quantize: named in one line, never left float in silence."""
+
+
+# float class -> quantized twin; a subclass of a float class maps like its base (the
+# first match in this order wins, so the quantized classes themselves are never re-wrapped)
+QUANTIZED_TWIN: dict[type, type] = {
+    nn.Conv1d: QConv1d, nn.Conv2d: QConv2d, nn.Conv3d: QConv3d,
+    nn.ConvTranspose1d: QConvTranspose1d, nn.ConvTranspose2d: QConvTranspose2d,
+    nn.ConvTranspose3d: QConvTranspose3d,
+    nn.Linear: QLinear, nn.MultiheadAttention: QMultiheadAttention,
+}
+
+QUANT_LAYERS = tuple(QUANTIZED_TWIN.values())
