@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from . import atomic, bitconfig, cost, frontier, jobs, methods, paths
+from . import atomic, bitconfig, cost, frontier, jobs, methods, paths, results
 from .experiment import Experiment, barrier, world
 from .quantized import candidate_layers, get_bits
 from .sensitivity import Sensitivity, check_inputs
@@ -135,5 +135,7 @@ def _run(exp: Experiment, out: Path, names: tuple[str, ...]) -> pd.DataFrame:
         float_metric = json.loads((out / paths.BASELINES_JSON).read_text())["float"]["metric"]
         summary = frontier.summarize(table, float_metric)
         atomic.write_text(out / paths.FRONTIER_SUMMARY_CSV, summary.to_csv(index=False))
+        atomic.write_json(out / paths.FRONTIER_INPUTS, results.frontier_inputs(
+            out, [n for n in names if not methods.get(n).per_seed]))
     barrier()
     return table

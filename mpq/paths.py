@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["enter_repository", "RESULTS", "network_dir", "report_dir", "FLOAT_CKPT", "BASELINES_JSON", "SENSITIVITY", "RECORDS", "CONFIGS", "FRONTIER_CSV", "LAYERS_CSV", "FRONTIER_SUMMARY_CSV", "uniform_ckpt"]
+__all__ = ["enter_repository", "RESULTS", "network_dir", "report_dir", "FLOAT_CKPT", "BASELINES_JSON", "SENSITIVITY", "RECORDS", "CONFIGS", "FRONTIER_CSV", "LAYERS_CSV", "FRONTIER_SUMMARY_CSV", "FRONTIER_INPUTS", "uniform_ckpt"]
 
 RESULTS = Path("results")
 FLOAT_CKPT = "float.pt"
@@ -19,6 +19,7 @@ CONFIGS = "configs"  # bit-configuration files of the frontier
 FRONTIER_CSV = "frontier.csv"
 LAYERS_CSV = "layers.csv"  # per-layer MACs, parameters, starting bits, candidate flag
 FRONTIER_SUMMARY_CSV = "frontier_summary.csv"
+FRONTIER_INPUTS = "frontier_inputs.json"  # hashes of the files the frontier was computed from
 RECORDS = "records"  # per-job records of ALPS, noft and the frontier (resumable work)
 
 

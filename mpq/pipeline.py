@@ -68,7 +68,7 @@ STAGES = (
           deps=(f"{NET}/{paths.FLOAT_CKPT}", f"{NET}/uniform4.pt", f"{NET}/{paths.BASELINES_JSON}",
                 f"{NET}/{paths.SENSITIVITY}"),
           params=("seed", "threads", "allocate", "frontier"),
-          outs=(f"{NET}/{paths.FRONTIER_CSV}", f"{NET}/{paths.FRONTIER_SUMMARY_CSV}", f"{NET}/{paths.LAYERS_CSV}",
+          outs=(f"{NET}/{paths.FRONTIER_CSV}", f"{NET}/{paths.FRONTIER_SUMMARY_CSV}", f"{NET}/{paths.FRONTIER_INPUTS}", f"{NET}/{paths.LAYERS_CSV}",
                 f"{NET}/{paths.CONFIGS}"),
           persist=(f"{NET}/{paths.RECORDS}/frontier",)),
     Stage("report", "05_report.ipynb", per_network=False, deps=(str(paths.RESULTS),),

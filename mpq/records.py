@@ -12,7 +12,9 @@ one job's bits and seed and the torch thread count the job ran with: the
 thread count changes the order of floating-point sums, so a record made with
 another count is recomputed, not mixed with the others. ``read_record`` returns a record only when it parses,
 is complete and has the expected key and name: a record of other inputs, or a
-corrupt or truncated one, counts as missing and is recomputed and overwritten.
+corrupt, truncated or edited one (its ``checksum``, the hash of its other fields,
+no longer matches) counts as missing and is recomputed and overwritten. The checksum
+catches edits and damage, not a forger who recomputes it.
 ``valid_records`` and ``wait_for_records`` do the same for a list of jobs.
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .train import FitSettings
 __all__ = ["Job", "RECORD_FORMAT", "plain_bits", "plain_settings", "context_key", "extend_key", "job_key",
            "record_path", "read_record", "write_record", "valid_records", "wait_for_records"]
 
-RECORD_FORMAT = "mpq-job-record/1"  # part of every key: a format change invalidates old records
+RECORD_FORMAT = "mpq-job-record/2"  # part of every key: a format change invalidates old records
 # every field a record must have to be reused (besides format, key, name, bits and seed)
 _FIELDS = ("metric", "train_loss", "seconds", "worker", "device", "threads", "steps", "train_samples",
            "eval_samples", "teacher_samples")
@@ -159,6 +161,12 @@ def record_path(record_dir: str | Path, name: str) -> Path:
     return Path(record_dir) / f"{stem}.json"
 
 
+def _checksum(record: Mapping[str, Any]) -> str:
+    """The hash of every field of ``record`` but ``checksum`` itself."""
+    body = {k: v for k, v in record.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def read_record(record_dir: str | Path, job: Job, base_key: str, *, threads: int) -> dict[str, Any] | None:
     """``job``'s record if it exists, parses, is complete and has its key (for ``threads``) and name; else ``None``."""
     path = record_path(record_dir, job.name)
@@ -168,15 +176,17 @@ def read_record(record_dir: str | Path, job: Job, base_key: str, *, threads: int
         return None
     if (not isinstance(rec, dict) or rec.get("format") != RECORD_FORMAT
             or rec.get("key") != job_key(base_key, job, threads=threads) or rec.get("name") != job.name
-            or any(f not in rec for f in _FIELDS)
+            or any(f not in rec for f in _FIELDS) or rec.get("checksum") != _checksum(rec)
             or not isinstance(rec["metric"], (int, float)) or isinstance(rec["metric"], bool)):
         return None
+    del rec["checksum"]  # a storage detail: the record is what was computed
     return rec
 
 
 def write_record(record_dir: str | Path, record: Mapping[str, Any]) -> Path:
-    """Write ``record`` atomically to ``record_path(record_dir, record["name"])``; return that path."""
-    return atomic.write_json(record_path(record_dir, record["name"]), record)
+    """Write ``record`` with its checksum atomically to ``record_path(record_dir, record["name"])``; return that path."""
+    record = {k: v for k, v in record.items() if k != "checksum"}
+    return atomic.write_json(record_path(record_dir, record["name"]), {**record, "checksum": _checksum(record)})
 
 
 def valid_records(record_dir: str | Path, jobs: Sequence[Job], base_key: str, *,

@@ -19,8 +19,10 @@ import pandas as pd
 from . import cost, methods, paths
 from .frontier import UNIFORM, summarize
 from .networks import get_spec
+from .sensitivity import file_hash
 
-__all__ = ["NetworkResults", "load_network", "required_methods"]
+__all__ = ["NetworkResults", "load_network", "required_methods", "frontier_inputs", "check_frontier_inputs",
+           "StaleResults"]
 
 
 def required_methods() -> list[str]:
@@ -116,6 +118,44 @@ class NetworkResults:
         return g.assign(method=UNIFORM).sort_values("rel_throughput").reset_index(drop=True)
 
 
+class StaleResults(ValueError):
+    """A frontier computed from other baselines or sensitivity tables than those on disk now."""
+
+
+def frontier_inputs(folder: str | Path, names: list[str]) -> dict[str, Any]:
+    """Content hashes of the files a network's frontier is computed from (``frontier_inputs.json``).
+
+    ``baselines.json`` and the sensitivity table of each method in ``names``: the
+    frontier step records them next to ``frontier.csv``; the report refuses a
+    frontier whose inputs have changed since (``check_frontier_inputs``).
+    """
+    d = Path(folder)
+    return {"baselines": file_hash(d / paths.BASELINES_JSON),
+            "sensitivity": {m: file_hash(d / paths.SENSITIVITY / f"{m}.csv") for m in sorted(names)}}
+
+
+def check_frontier_inputs(folder: str | Path, network: str) -> None:
+    """One-line ``StaleResults`` unless the frontier's recorded inputs are the files on disk now."""
+    d = Path(folder)
+    rerun = f"rerun `mpq frontier --network {network}`"
+    try:
+        recorded = json.loads((d / paths.FRONTIER_INPUTS).read_text())
+        names = list(recorded["sensitivity"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise StaleResults(f"{d / paths.FRONTIER_CSV} carries no readable record of its inputs "
+                           f"({paths.FRONTIER_INPUTS}); {rerun}") from None
+    try:
+        current = frontier_inputs(d, names)
+    except FileNotFoundError as e:
+        raise StaleResults(f"{d / paths.FRONTIER_CSV} was computed from {e.filename}, which is gone; "
+                           f"{rerun}") from None
+    changed = ([paths.BASELINES_JSON] if current["baselines"] != recorded["baselines"] else []) + \
+        [f"{paths.SENSITIVITY}/{m}.csv" for m in names if current["sensitivity"][m] != recorded["sensitivity"][m]]
+    if changed:
+        raise StaleResults(f"{d / paths.FRONTIER_CSV} is stale: {', '.join(changed)} changed after it was "
+                           f"computed; {rerun}")
+
+
 def _need(path: Path, step: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `{step}` first")
@@ -129,6 +169,7 @@ def load_network(results: str | Path, network: str) -> NetworkResults:
     base = json.loads(_need(d / paths.BASELINES_JSON, f"mpq baselines --network {network}").read_text())
     fpath = _need(d / paths.FRONTIER_CSV, f"mpq frontier --network {network}")
     lpath = _need(d / paths.LAYERS_CSV, f"mpq frontier --network {network}")
+    check_frontier_inputs(d, network)
     front, layers = pd.read_csv(fpath), pd.read_csv(lpath)
     have = set(front["method"]) if "method" in front else set()
     # required: what the report itself reads and every method on the frontier; others are read when present

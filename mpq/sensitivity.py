@@ -137,7 +137,7 @@ class StaleSensitivity(ValueError):
     """A sensitivity table computed from other inputs than today's; the message says what to rerun."""
 
 
-def _file_hash(path: Path) -> str:
+def file_hash(path: str | Path) -> str:
     """A short SHA-256 of a file's bytes, read once per version of the file.
 
     Every table of a step (and every check of the frontier) hashes the same two
@@ -177,8 +177,8 @@ def inputs_identity(exp: Any, method: str, out: str | Path) -> dict[str, Any]:
     a table whose recorded identity differs from this one is stale.
     """
     out, start = Path(out), exp.cfg.quant.start_bits
-    return {"checkpoint": _file_hash(out / paths.uniform_ckpt(start)),
-            "teacher": _file_hash(out / paths.FLOAT_CKPT),
+    return {"checkpoint": file_hash(out / paths.uniform_ckpt(start)),
+            "teacher": file_hash(out / paths.FLOAT_CKPT),
             "recipe": exp.recipe("quant", start),
             # through JSON, as stored: a tuple compares equal to the list it is read back as
             "settings": json.loads(json.dumps({key: _setting(exp.cfg, key)

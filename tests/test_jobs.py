@@ -134,7 +134,8 @@ def test_records_are_reused_and_stale_ones_recomputed(ctx, tmp_path, monkeypatch
     assert len(files) == 3 and "start.json" in files and "full.json" in files
     assert not list(tmp_path.glob(".*.tmp"))
     for job in job_list:
-        assert json.loads(records.record_path(tmp_path, job.name).read_text()) == first[job.name]
+        stored = json.loads(records.record_path(tmp_path, job.name).read_text())
+        assert stored.pop("checksum") and stored == first[job.name]
     # a rerun computes nothing and returns the identical records (seconds and all)
     calls.clear()
     again, stats = run(c, job_list)
@@ -156,6 +157,9 @@ def test_records_are_reused_and_stale_ones_recomputed(ctx, tmp_path, monkeypatch
     # a record under another job's name, a truncated one, garbage: not reused
     path = records.record_path(tmp_path, "a/b")
     assert records.read_record(tmp_path, replace(changed[2], name="a_b"), c.base_key, threads=1) is None
+    edited = json.loads(path.read_text())
+    path.write_text(json.dumps({**edited, "metric": edited["metric"] + 1.0}))  # an edited number
+    assert records.read_record(tmp_path, changed[2], c.base_key, threads=1) is None
     path.write_text(path.read_text()[:50])
     assert records.read_record(tmp_path, changed[2], c.base_key, threads=1) is None
     path.write_bytes(b"\x00\xff garbage")

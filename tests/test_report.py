@@ -101,6 +101,8 @@ def write_results(root, network: str, *, agree: bool = True, n: int = 12, seeds=
     table = pd.DataFrame(rows, columns=list(frontier.RESULT_COLUMNS))
     table.to_csv(d / "frontier.csv", index=False)
     frontier.summarize(table, fp).to_csv(d / "frontier_summary.csv", index=False)
+    (d / "frontier_inputs.json").write_text(json.dumps(results.frontier_inputs(
+        d, [m for m in set(table["method"]) if (d / "sensitivity" / f"{m}.csv").is_file()])))
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +270,17 @@ def test_markdown_writer():
     assert lines[0] == "| name | x | n |" and lines[1] == "|:---|---:|---:|"
     assert lines[2] == "| a\\|b | 1.23 | 3 |" and lines[3] == "| c | n/a | 4000 |"
     assert tables.format_number(0.000123) == "0.000123" and tables.format_number(None) == "n/a"
+
+
+def test_frontier_of_other_inputs_is_refused(tmp_path):
+    write_results(tmp_path, "resnet50", n=4, seeds=(0,), points=1)
+    results.load_network(tmp_path, "resnet50")  # as written: consistent
+    d = tmp_path / "resnet50"
+    table = d / "sensitivity" / "eagl.csv"
+    table.write_text(table.read_text().replace("\n", "\n", 1) + "\n")  # the table was recomputed since
+    with pytest.raises(results.StaleResults, match=r"frontier\.csv is stale: sensitivity/eagl\.csv changed"
+                                                   r".*`mpq frontier --network resnet50`"):
+        results.load_network(tmp_path, "resnet50")
+    (d / "frontier_inputs.json").unlink()
+    with pytest.raises(results.StaleResults, match="carries no readable record of its inputs"):
+        results.load_network(tmp_path, "resnet50")
