@@ -30,7 +30,7 @@ from . import methods as registry
 from .cost import COSTS
 
 __all__ = ["REFERENCE_STYLE", "COST_LINESTYLES", "DPI", "style", "save", "label", "frontier",
-           "sensitivity_profiles", "rank_scatter", "compute_time", "ablation"]
+           "sensitivity_profiles", "rank_scatter", "compute_time", "ablation", "additivity"]
 
 # the lines that are not selection methods: (colour, marker, label)
 REFERENCE_STYLE = {"uniform": ("#000000", "*", "Uniform"), "float": ("#404040", "", "Float")}
@@ -310,4 +310,43 @@ def ablation(frame: pd.DataFrame, *, network_titles: dict[str, str], reference: 
     varied = " / ".join(m.label for m in registry.METHODS.values() if m.variants)
     fig.suptitle(f"Ablation: {varied} variant x cost model ({ref_label}-predicted drop = training-free "
                  "additive proxy, lower is better)", fontsize=11.5)
+    return fig
+
+
+def additivity(points: pd.DataFrame, table: pd.DataFrame, *, network_titles: dict[str, str],
+               metric_labels: dict[str, str]) -> Figure:
+    """Knapsack additivity: summed per-layer scores of a mix's low-bit layers vs its measured drop.
+
+    ``points``: ``network, method, selection, summed_score, measured_drop`` (one
+    row per frontier configuration and scoring method); ``table``: ``network,
+    method, pearson, spearman, configurations``. Rows: networks; columns: the
+    scoring methods; colour and marker: the method that selected the mix.
+    """
+    nets = list(dict.fromkeys(points["network"]))
+    cols = list(dict.fromkeys(points["method"]))
+    fig = Figure(figsize=(4.2 * len(cols), 1.0 + 3.6 * len(nets)), layout="constrained")
+    axes = np.array(fig.subplots(len(nets), len(cols), squeeze=False))
+    stats = table.set_index(["network", "method"])
+    for r, net in enumerate(nets):
+        for c, method in enumerate(cols):
+            ax, part = axes[r, c], points[(points.network == net) & (points.method == method)]
+            for sel, g in part.groupby("selection", sort=False):
+                ax.scatter(g["summed_score"], g["measured_drop"], s=26, color=_color(sel),
+                           marker=REFERENCE_STYLE[sel][1] if sel in REFERENCE_STYLE else registry.marker(sel),
+                           edgecolor="white", linewidth=0.4, alpha=0.85, label=label(sel))
+            row = stats.loc[(net, method)]
+            ax.set_title(f"{network_titles.get(net, net)}: {label(method)}\nPearson r = {_num(row['pearson'])}, "
+                         f"Spearman $\\rho$ = {_num(row['spearman'])} ({int(row['configurations'])} mixes)",
+                         fontsize=10.5)
+            ax.set_xlabel(f"sum of {label(method)} scores of the 2-bit layers")
+            ax.set_ylabel(f"measured drop ({metric_labels.get(net, 'points')})" if c == 0 else "")
+    handles, names = [], []
+    for ax in axes.flat:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 6), fontsize=9.5,
+               title="mix selected by")
+    fig.suptitle("Knapsack additivity: does the sum of per-layer scores predict a mix's drop?", fontsize=11.5)
     return fig

@@ -126,6 +126,33 @@ def build(results: str | Path, out: str | Path, networks: list[str], *, scale: s
                      f"choice, the proxy's optimum). jaccard_vs_{ref} = overlap of the 2-bit set with "
                      f"{methods.label(ref)}'s choice at the same target and cost.")
 
+        steps = report_items.step_diagnostic(nets, results, start_bits=start_bits, low_bits=low_bits)
+        report.table(steps, "T8_step_diagnostic", "T8. Step diagnostic: does LSQ learn its steps?",
+                     f"Per network and uniform LSQ checkpoint (fine-tuned from float): the candidate layers' "
+                     "trained / initial weight-step ratio (initial = LSQ's 2 mean|w| / sqrt(Q_P) of the float "
+                     "weights; 1.0 = the step never moved), min / median / max and the share of layers moved by "
+                     f"more than 1 %; on the {start_bits}-bit row, the spread of the {methods.label(cheap)} scores "
+                     "over the candidates (min, max, coefficient of variation in %).",
+                     formats={"moved_over_1pct": lambda v: f"{100 * float(v):.0f} %",
+                              **{f"step_ratio_{k}": lambda v: f"{float(v):.3f}" for k in ("min", "median", "max")}})
+
+        add, add_points = report_items.additivity(nets, results, low_bits=low_bits)
+        if len(add_points):
+            report.figure(plots.additivity(add_points, add, network_titles=titles,
+                                           metric_labels={n.network: f"{n.spec.metric} points" for n in nets}),
+                          "F8_additivity",
+                          f"Knapsack additivity: for every frontier mix, the sum of each method's per-layer scores "
+                          f"over the mix's {low_bits}-bit layers against the mix's measured drop from uniform "
+                          f"{start_bits}-bit (same seeds), with Pearson and Spearman correlations.")
+        report.table(add, "T7_additivity", "T7. Knapsack additivity: summed scores vs measured drop",
+                     "Per network and method with a score table: the correlation, over every frontier "
+                     f"configuration (all selection methods, the uniform {low_bits}-bit end included), between the "
+                     f"sum of the method's per-layer scores over the configuration's {low_bits}-bit layers (the "
+                     "value the knapsack adds up) and the configuration's measured drop from uniform "
+                     f"{start_bits}-bit, paired by seed and averaged over seeds. A high correlation supports "
+                     "treating layer selection as a knapsack over that method's scores.",
+                     formats={"pearson_p": _p, "spearman_p": _p, "method": methods.label})
+
     head, head_show = report_items.headline(nets, summaries, uniforms, tolerance)
     report.table(head, "T1_headline", "T1. Headline per network",
                  f"Float, uniform 4-bit and 2-bit ({' / '.join(sorted({n.metric_name for n in nets}))}). Uniform "

@@ -14,19 +14,23 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import allocate, methods
+from . import allocate, bitconfig, checkpoint, methods, paths
 from .claims import PAPER_CHEAP_METHOD, mixes, ratio, recovers_at
+from .frontier import UNIFORM
+from .quantizers import lsq_init_step
 from .results import NetworkResults
 from .sensitivity import allocator_table
 
 __all__ = ["ABLATION_COSTS", "reference_method", "profiles", "rank_correlations", "compute_table", "headline",
-           "matched", "ablation", "metrics", "clean", "device_seconds", "profiled_methods"]
+           "matched", "ablation", "metrics", "clean", "device_seconds", "profiled_methods", "additivity",
+           "step_diagnostic"]
 
 ABLATION_COSTS = ("throughput", "bops")   # the cost models the ablation compares (mpq.cost.COSTS)
 
@@ -118,6 +122,106 @@ def rank_correlations(nets: Sequence[NetworkResults]) -> tuple[pd.DataFrame, lis
                                "ylabel": methods.get(m).score_label or f"{methods.label(m)} score",
                                "xlabel": methods.get(ref).score_label})
     return pd.DataFrame(rows), panels
+
+
+def _config_drops(net: NetworkResults, folder: Path, low_bits: int) -> pd.DataFrame:
+    """Every frontier configuration but all-``start_bits``: its low-bit layers and its measured drop.
+
+    The drop is paired by seed: the all-start-bits uniform point's metric minus the
+    configuration's, with the same fine-tune seed (and the same test images), then
+    averaged over the seeds the configuration ran with.
+    """
+    f = net.frontier
+    start = f[(f["method"] == UNIFORM) & (f["n_low"] == 0)].groupby("seed")["metric"].mean()
+    rows = []
+    for (method, config), g in f[f["n_low"] > 0].groupby(["method", "config"], sort=False):
+        drops = [start[s] - m for s, m in zip(g["seed"], g["metric"]) if s in start.index]
+        if not drops:
+            continue
+        bits = bitconfig.read_bits_file(folder / paths.CONFIGS / Path(str(config)).name)["bits"]
+        rows.append({"selection": method, "config": Path(str(config)).name, "seeds": len(drops),
+                     "low": frozenset(_low_set(bits, low_bits)), "measured_drop": float(np.mean(drops))})
+    return pd.DataFrame(rows, columns=["selection", "config", "seeds", "low", "measured_drop"])
+
+
+def additivity(nets: Sequence[NetworkResults], results: str | Path, *, low_bits: int
+               ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """T7 and F8, knapsack additivity: does the sum of per-layer scores predict a mix's drop?
+
+    The allocator treats a method's per-layer scores as additive (a mix's harm =
+    the sum over its low-bit layers). For every frontier configuration (any
+    selection method, the uniform low-bit end included) and every method with a
+    sensitivity table, the summed scores of the configuration's low-bit layers
+    are set against its measured drop (``_config_drops``). Returns the
+    correlations (Pearson r, Spearman rho, configurations) per network and method,
+    and the points.
+    """
+    points, rows = [], []
+    for net in nets:
+        configs = _config_drops(net, paths.network_dir(net.network, results), low_bits)
+        for m in [m for m in methods.names() if m in net.sensitivity and not methods.get(m).per_seed]:
+            s = net.scores(m)
+            predicted = np.array([sum(s[l] for l in low if l in s) for low in configs["low"]], float)
+            measured = configs["measured_drop"].to_numpy(float)
+            points.append(configs.drop(columns="low").assign(network=net.network, method=m,
+                                                             summed_score=predicted))
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", stats.ConstantInputWarning)  # constant sums: NaN, reported n/a
+                enough = len(measured) > 2
+                r = stats.pearsonr(predicted, measured) if enough else None
+                rho = stats.spearmanr(predicted, measured) if enough else None
+            rows.append({"network": net.network, "method": m, "configurations": len(measured),
+                         "pearson": float(r.statistic) if r else math.nan,
+                         "pearson_p": float(r.pvalue) if r else math.nan,
+                         "spearman": float(rho.statistic) if rho else math.nan,
+                         "spearman_p": float(rho.pvalue) if rho else math.nan})
+    return pd.DataFrame(rows), (pd.concat(points, ignore_index=True) if points else pd.DataFrame())
+
+
+def _step_ratios(folder: Path, name: str, layers: Sequence[str]) -> np.ndarray:
+    """Trained / initial weight step of ``layers`` in the checkpoint ``name`` (a uniform LSQ model).
+
+    The uniform models are fine-tuned from the float checkpoint, and LSQ starts
+    a layer's weight step at ``2 mean|w| / sqrt(Q_P)`` of the float weights at
+    the layer's bits (``mpq.quantizers.lsq_init_step``): the ratio says how far
+    training moved the step (1.0: not at all). Per-channel steps are averaged.
+    """
+    fstate, _ = checkpoint.load(folder / paths.FLOAT_CKPT)
+    qstate, meta = checkpoint.load(folder / name)
+    ratios = []
+    for layer in layers:
+        w, step = fstate[f"{layer}.weight"].abs(), qstate[f"{layer}.wq.step"]
+        mean = w.flatten(1).mean(1).view_as(step) if step.numel() > 1 else w.mean()
+        ratios.append(float((step / lsq_init_step(mean, int(meta["bits"][layer]), True)).mean()))
+    return np.array(ratios)
+
+
+def step_diagnostic(nets: Sequence[NetworkResults], results: str | Path, *, start_bits: int,
+                    low_bits: int) -> pd.DataFrame:
+    """T8: does LSQ learn its steps, and how much does the data-free score vary across layers?
+
+    Per network and uniform checkpoint (all ``start_bits``, all ``low_bits``): the
+    distribution of the candidates' trained/initial weight-step ratios
+    (``_step_ratios``) and the share of layers whose step moved by more than 1 %;
+    on the ``start_bits`` row, the spread of the data-free method's scores
+    (min, max, coefficient of variation), which a step that never moves keeps
+    close to what LSQ's initial step gives every layer.
+    """
+    rows = []
+    for net in nets:
+        folder = paths.network_dir(net.network, results)
+        cheap = net.scores(PAPER_CHEAP_METHOD)
+        spread = np.array(list(cheap.values()), float)
+        for bits in (start_bits, low_bits):
+            r = _step_ratios(folder, paths.uniform_ckpt(bits), net.candidates)
+            rows.append({"network": net.network, "checkpoint": paths.uniform_ckpt(bits), "layers": len(r),
+                         "step_ratio_min": r.min(), "step_ratio_median": float(np.median(r)),
+                         "step_ratio_max": r.max(), "moved_over_1pct": float(np.mean(np.abs(r - 1) > 0.01)),
+                         f"{PAPER_CHEAP_METHOD}_min": spread.min() if bits == start_bits else math.nan,
+                         f"{PAPER_CHEAP_METHOD}_max": spread.max() if bits == start_bits else math.nan,
+                         f"{PAPER_CHEAP_METHOD}_cv_pct": (100 * spread.std() / abs(spread.mean())
+                                                          if bits == start_bits else math.nan)})
+    return pd.DataFrame(rows)
 
 
 def compute_table(nets: Sequence[NetworkResults]) -> pd.DataFrame:

@@ -11,18 +11,33 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
-from mpq import claims, cost, frontier, methods, report, results, tables
+from mpq import bitconfig, checkpoint, claims, cost, frontier, methods, report, report_items, results, tables
+from mpq.quantizers import lsq_init_step
 
 SETTINGS = {"start_bits": 4, "low_bits": 2, "tolerance": 0.1, "compute_factor": 100.0, "cost_kind": "throughput"}
 
 NETWORKS = ("resnet50", "pspnet")
 FLOAT = {"resnet50": 90.0, "pspnet": 60.0}
 FIGURES = {"F1_frontier_resnet50", "F3_frontier_pspnet", "F4_sensitivity_profiles", "F5_rank_correlation",
-           "F6_compute_time", "F7_ablation"}
+           "F6_compute_time", "F7_ablation", "F8_additivity"}
 TABLES = {"T1_headline", "T2_matched_throughput", "T3_compute_time", "T4_claims", "T5_rank_correlation",
-          "T6_ablation"}
+          "T6_ablation", "T7_additivity", "T8_step_diagnostic"}
+
+
+STEP_MOVE = {4: (1.0, 1.0), 2: (0.9, 1.2)}  # trained / initial step of the even and odd layers
+
+
+class _State:
+    """A state dict in the shape ``mpq.checkpoint.save`` takes (anything with ``state_dict()``)."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def state_dict(self):
+        return self.state
 
 
 def _layers(network: str, n: int) -> tuple[list[str], str, str]:
@@ -80,6 +95,15 @@ def write_results(root, network: str, *, agree: bool = True, n: int = 12, seeds=
                      "workers": workers.get(m, 1), "forward_passes": 100, "backward_passes": 10, "epochs": 0.5,
                      "host": "test", "notes": ""}, "meta": {"network": network}}))
 
+    # checkpoints: float weights, and uniform LSQ steps moved by a known factor from LSQ's initial step
+    weights = {l: torch.randn(4, 3, generator=torch.Generator().manual_seed(i)) * (0.1 + i / n)
+               for i, l in enumerate(cands)}
+    checkpoint.save(d / "float.pt", _State({f"{l}.weight": w for l, w in weights.items()}), {"bits": None})
+    for b in (4, 2):
+        steps = {f"{l}.wq.step": lsq_init_step(w.abs().mean(), b, True) * STEP_MOVE[b][i % 2]
+                 for i, (l, w) in enumerate(weights.items())}
+        checkpoint.save(d / f"uniform{b}.pt", _State(steps), {"bits": {l: b for l in cands}})
+
     table = cost.layer_costs("throughput", macs, params, cands, [4, 2])
     fixed = cost.total_cost("throughput", {first: 8, last: 8}, macs, params)
     alloc = {m: {r.layer: {4: 0.0, 2: float(r.score)} for r in scores[m].itertuples()} for m in scores if m != "random"}
@@ -94,6 +118,7 @@ def write_results(root, network: str, *, agree: bool = True, n: int = 12, seeds=
         low = [l for l, b in p.bits.items() if b == 2]
         pred = cost.summary(bits, all4, macs, params)
         for seed in p.seeds:
+            bitconfig.save_bits(d / "configs" / f"{p.name(seed)}.yaml", bits, network=network, method=p.method)
             rows.append({"network": network, "method": p.method, "target": p.target, "seed": seed,
                          "rel_throughput": pred["rel_throughput"], "gbops": pred["gbops"], "size_mb": pred["size_mb"],
                          "n_low": len(low), "metric": u4 - sum(true[l] for l in low) + 0.01 * (seed - 0.5),
@@ -172,6 +197,21 @@ def test_tables_have_their_columns_and_numbers(built):
     assert (t6[t6.variant == "alps"].jaccard_vs_alps == 1.0).all()
     assert t6.jaccard_vs_alps.between(0, 1).all()
     assert "training-free" in (out / "T6_ablation.md").read_text()
+    t7 = pd.read_csv(out / "T7_additivity.csv")
+    assert list(t7.columns) == ["network", "method", "configurations", "pearson", "pearson_p", "spearman",
+                                "spearman_p"]
+    assert set(t7.method) == {"eagl", "alps", "hessian", "noft"}  # tables only: random is drawn per seed
+    _numbers_ok(t7, ["configurations", "pearson", "spearman"])
+    # the synthetic drops are exactly additive in the true per-layer drops, which ALPS scores here
+    assert (t7[t7.method == "alps"].pearson > 0.99).all()
+    assert (t7.configurations == t7.configurations.iloc[0]).all() and t7.configurations.iloc[0] > 10
+    t8 = pd.read_csv(out / "T8_step_diagnostic.csv").set_index(["network", "checkpoint"])
+    for net in NETWORKS:
+        still, moved = t8.loc[(net, "uniform4.pt")], t8.loc[(net, "uniform2.pt")]
+        assert still.step_ratio_min == pytest.approx(1.0) and still.moved_over_1pct == 0.0
+        assert (moved.step_ratio_min, moved.step_ratio_max) == (pytest.approx(0.9), pytest.approx(1.2))
+        assert moved.moved_over_1pct == 1.0 and still.layers == 12
+        assert still.eagl_cv_pct > 0 and math.isnan(moved.eagl_cv_pct)
     pts = pd.read_csv(out / "frontier_points.csv")
     assert list(pts.columns[:6]) == ["network", "method", "target", "rel_throughput", "metric_mean", "metric_std"]
     _numbers_ok(pts, ["rel_throughput", "metric_mean", "metric_std"])
