@@ -25,7 +25,7 @@ from .results import NetworkResults
 
 __all__ = ["CLAIMS", "PAPER_CHEAP_METHOD", "network_facts", "recovers_at", "claim_recovery", "claim_frontier",
            "claim_segmentation", "claim_compute", "claims", "claim_networks", "mixes", "title", "ratio",
-           "times", "PAPER_COSTLY_METHODS"]
+           "times", "PAPER_LEADING_METHOD"]
 
 _EPS = 1e-9
 
@@ -35,11 +35,13 @@ CLAIMS = {
     "C2": "EAGL and ALPS give a better accuracy-throughput frontier than the leading layer-selection "
           "methods (Hessian/HAWQ, no-fine-tune drop/AIMET, random)",
     "C3": "Equivalent results (claims 1-2) for PSPNet semantic segmentation (mIoU)",
-    "C4": "EAGL reaches a solution with orders of magnitude less compute than Hessian and ALPS",
+    "C4": "EAGL and ALPS each reach a solution with orders of magnitude less compute than the leading "
+          "method (Hessian/HAWQ)",
 }
-# C4 is a statement about named methods: the data-free one against the two that need data and training.
+# the data-free method: T3's ratios and T8's score spread are read against it
 PAPER_CHEAP_METHOD = "eagl"
-PAPER_COSTLY_METHODS = ("hessian", "alps")
+# C4 judges each proposed method (registry role) against this one, the leading layer-selection method
+PAPER_LEADING_METHOD = "hessian"
 
 
 def title(network: str) -> str:
@@ -176,29 +178,31 @@ def claim_segmentation(facts: Mapping[str, Mapping], *, tolerance: float,
 
 def claim_compute(facts: Mapping[str, Mapping], *, networks: Sequence[str] | None = None,
                   factor: float) -> tuple[str, str]:
-    """Claim 4: the data-free method's device-seconds <= 1/``factor`` of each costly method's, per network
-    (``PAPER_CHEAP_METHOD`` vs ``PAPER_COSTLY_METHODS``: EAGL vs Hessian and ALPS)."""
+    """Claim 4: each proposed method's device-seconds <= 1/``factor`` of the leading method's, per network.
+
+    One item per proposed method (registry role ``proposed``: EAGL, ALPS) and
+    network: ``device-seconds(PAPER_LEADING_METHOD) / device-seconds(method) >=
+    factor``. EAGL can pass while ALPS fails: the verdict is then partial.
+    """
     networks = list(facts) if networks is None else networks
     present = [n for n in networks if n in facts]
+    lead = PAPER_LEADING_METHOD
     passes, words = [], []
     for net in present:
         s = facts[net]["device_seconds"]
-        cheap = PAPER_CHEAP_METHOD
-        if cheap not in s:
-            words.append(f"{title(net)}: {methods.label(cheap)}'s compute time not recorded")
+        if lead not in s:
+            words.append(f"{title(net)}: {methods.label(lead)}'s compute time not recorded")
             continue
-        e = s[cheap]
-        parts = [f"{methods.label(cheap)} {_sec(e)}"]
-        for m in PAPER_COSTLY_METHODS:
+        parts = [f"{methods.label(lead)} {_sec(s[lead])}"]
+        for m in _ours():
             if m in s:
-                r = ratio(s[m], e)
+                r = ratio(s[lead], s[m])
                 passes.append(r >= factor)
-                parts.append(f"{methods.label(m)} {_sec(s[m])} ({times(r)} {methods.label(cheap)})")
-        a, b = PAPER_COSTLY_METHODS[1], PAPER_COSTLY_METHODS[0]
-        if a in s and b in s:
-            parts.append(f"{methods.label(a)}/{methods.label(b).split(' (')[0]} {times(ratio(s[a], s[b]))}")
+                parts.append(f"{methods.label(m)} {_sec(s[m])} ({times(r)} less)")
+            else:
+                parts.append(f"{methods.label(m)} not recorded")
         words.append(f"{title(net)} device-seconds: " + ", ".join(parts))
-    words.append(f"threshold: {factor:g}x")
+    words.append(f"threshold: {factor:g}x less than {methods.label(lead)}")
     return _verdict(passes, [n for n in networks if n not in facts]), "; ".join(words)
 
 
