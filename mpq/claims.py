@@ -198,7 +198,8 @@ def claim_compute(facts: Mapping[str, Mapping], *, networks: Sequence[str] | Non
             if m in s:
                 r = ratio(s[lead], s[m])
                 passes.append(r >= factor)
-                parts.append(f"{methods.label(m)} {_sec(s[m])} ({times(r)} less)")
+                how = f"{times(r)} less" if r >= 1 else f"{times(1 / r)} more"
+                parts.append(f"{methods.label(m)} {_sec(s[m])} ({how})")
             else:
                 parts.append(f"{methods.label(m)} not recorded")
         words.append(f"{title(net)} device-seconds: " + ", ".join(parts))

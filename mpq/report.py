@@ -149,8 +149,10 @@ def build(results: str | Path, out: str | Path, networks: list[str], *, scale: s
                      f"configuration (all selection methods, the uniform {low_bits}-bit end included), between the "
                      f"sum of the method's per-layer scores over the configuration's {low_bits}-bit layers (the "
                      "value the knapsack adds up) and the configuration's measured drop from uniform "
-                     f"{start_bits}-bit, paired by seed and averaged over seeds. A high correlation supports "
-                     "treating layer selection as a knapsack over that method's scores.",
+                     f"{start_bits}-bit, paired by seed and averaged over seeds. The reference row "
+                     f"'{report_items.LAYER_COUNT}' predicts with the number of {low_bits}-bit layers alone: a "
+                     "method's per-layer scores support the knapsack's additivity where its correlation clearly "
+                     "exceeds that row's.",
                      formats={"pearson_p": _p, "spearman_p": _p, "method": methods.label})
 
     head, head_show = report_items.headline(nets, summaries, uniforms, tolerance)

@@ -29,10 +29,11 @@ from .results import NetworkResults
 from .sensitivity import allocator_table
 
 __all__ = ["ABLATION_COSTS", "reference_method", "profiles", "rank_correlations", "compute_table", "headline",
-           "matched", "ablation", "metrics", "clean", "device_seconds", "profiled_methods", "additivity",
+           "matched", "ablation", "metrics", "clean", "device_seconds", "profiled_methods", "additivity", "LAYER_COUNT",
            "step_diagnostic"]
 
 ABLATION_COSTS = ("throughput", "bops")   # the cost models the ablation compares (mpq.cost.COSTS)
+LAYER_COUNT = "2-bit layer count"         # T7's reference predictor: the number of low-bit layers
 
 
 def reference_method() -> str:
@@ -154,17 +155,22 @@ def additivity(nets: Sequence[NetworkResults], results: str | Path, *, low_bits:
     sensitivity table, the summed scores of the configuration's low-bit layers
     are set against its measured drop (``_config_drops``). Returns the
     correlations (Pearson r, Spearman rho, configurations) per network and method,
-    and the points.
+    and the points. Each network also gets a reference row, ``LAYER_COUNT``: the
+    number of low-bit layers as the predictor (every layer scored 1), since any
+    positive score summed over more layers grows with the drop; a method's scores
+    add information only where its correlation beats the count's.
     """
     points, rows = [], []
     for net in nets:
         configs = _config_drops(net, paths.network_dir(net.network, results), low_bits)
-        for m in [m for m in methods.names() if m in net.sensitivity and not methods.get(m).per_seed]:
-            s = net.scores(m)
+        measured = configs["measured_drop"].to_numpy(float)
+        scored = [m for m in methods.names() if m in net.sensitivity and not methods.get(m).per_seed]
+        for m in scored + [LAYER_COUNT]:
+            s = dict.fromkeys(net.candidates, 1.0) if m == LAYER_COUNT else net.scores(m)
             predicted = np.array([sum(s[l] for l in low if l in s) for low in configs["low"]], float)
-            measured = configs["measured_drop"].to_numpy(float)
-            points.append(configs.drop(columns="low").assign(network=net.network, method=m,
-                                                             summed_score=predicted))
+            if m != LAYER_COUNT:
+                points.append(configs.drop(columns="low").assign(network=net.network, method=m,
+                                                                 summed_score=predicted))
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", stats.ConstantInputWarning)  # constant sums: NaN, reported n/a
                 enough = len(measured) > 2
