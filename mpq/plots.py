@@ -324,21 +324,21 @@ def additivity(points: pd.DataFrame, table: pd.DataFrame, *, network_titles: dic
     """
     nets = list(dict.fromkeys(points["network"]))
     cols = list(dict.fromkeys(points["method"]))
-    fig = Figure(figsize=(4.2 * len(cols), 1.0 + 3.6 * len(nets)), layout="constrained")
+    fig = Figure(figsize=(4.9 * len(cols), 1.0 + 3.7 * len(nets)), layout="constrained")
     axes = np.array(fig.subplots(len(nets), len(cols), squeeze=False))
     stats = table.set_index(["network", "method"])
     for r, net in enumerate(nets):
         for c, method in enumerate(cols):
             ax, part = axes[r, c], points[(points.network == net) & (points.method == method)]
             for sel, g in part.groupby("selection", sort=False):
-                ax.scatter(g["summed_score"], g["measured_drop"], s=26, color=_color(sel),
+                ax.scatter(g["summed_score"], g["measured_drop"], s=90 if sel in REFERENCE_STYLE else 26,
+                           color=_color(sel),
                            marker=REFERENCE_STYLE[sel][1] if sel in REFERENCE_STYLE else registry.marker(sel),
                            edgecolor="white", linewidth=0.4, alpha=0.85, label=label(sel))
             row = stats.loc[(net, method)]
-            ax.set_title(f"{network_titles.get(net, net)}: {label(method)}\nPearson r = {_num(row['pearson'])}, "
-                         f"Spearman $\\rho$ = {_num(row['spearman'])} ({int(row['configurations'])} mixes)",
-                         fontsize=10.5)
-            ax.set_xlabel(f"sum of {label(method)} scores of the 2-bit layers")
+            ax.set_title(f"{network_titles.get(net, net)}: {label(method)}\nr = {_num(row['pearson'])}, "
+                         f"$\\rho$ = {_num(row['spearman'])} ({int(row['configurations'])} mixes)", fontsize=10)
+            ax.set_xlabel(f"sum of {label(method)} scores (2-bit layers)", fontsize=10)
             ax.set_ylabel(f"measured drop ({metric_labels.get(net, 'points')})" if c == 0 else "")
     handles, names = [], []
     for ax in axes.flat:
@@ -348,5 +348,6 @@ def additivity(points: pd.DataFrame, table: pd.DataFrame, *, network_titles: dic
                 names.append(n)
     fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 6), fontsize=9.5,
                title="mix selected by")
-    fig.suptitle("Knapsack additivity: does the sum of per-layer scores predict a mix's drop?", fontsize=11.5)
+    fig.suptitle("Knapsack additivity: does the sum of per-layer scores predict a mix's drop? "
+                 "(r: Pearson, $\\rho$: Spearman)", fontsize=11.5)
     return fig
