@@ -167,7 +167,7 @@ def additivity(nets: Sequence[NetworkResults], results: str | Path, *, low_bits:
         scored = [m for m in methods.names() if m in net.sensitivity and not methods.get(m).per_seed]
         for m in scored + [LAYER_COUNT]:
             s = dict.fromkeys(net.candidates, 1.0) if m == LAYER_COUNT else net.scores(m)
-            predicted = np.array([sum(s[l] for l in low if l in s) for low in configs["low"]], float)
+            predicted = np.array([math.fsum(s[l] for l in low if l in s) for low in configs["low"]], float)  # exact: set order varies
             if m != LAYER_COUNT:
                 points.append(configs.drop(columns="low").assign(network=net.network, method=m,
                                                                  summed_score=predicted))
