@@ -333,8 +333,8 @@ def ablation(nets: Sequence[NetworkResults], *, start_bits: int, low_bits: int) 
             for variant, sets in choices:
                 for t, low, best in zip(targets, sets, best_sets):
                     rows.append({"network": net.network, "cost": kind, "target": float(t), "variant": variant,
-                                 "n_low": len(low), f"{ref}_predicted_drop": float(sum(ref_scores[l] for l in low)),
-                                 f"{ref}_optimal_drop": float(sum(ref_scores[l] for l in best)),
+                                 "n_low": len(low), f"{ref}_predicted_drop": math.fsum(ref_scores[l] for l in low),
+                                 f"{ref}_optimal_drop": math.fsum(ref_scores[l] for l in best),
                                  f"jaccard_vs_{ref}": _jaccard(low, best)})
     return pd.DataFrame(rows)
 
