@@ -184,15 +184,15 @@ def additivity(nets: Sequence[NetworkResults], results: str | Path, *, low_bits:
     return pd.DataFrame(rows), (pd.concat(points, ignore_index=True) if points else pd.DataFrame())
 
 
-def _step_ratios(folder: Path, name: str, layers: Sequence[str]) -> np.ndarray:
+def _step_ratios(fstate: Mapping[str, Any], folder: Path, name: str, layers: Sequence[str]) -> np.ndarray:
     """Trained / initial weight step of ``layers`` in the checkpoint ``name`` (a uniform LSQ model).
 
     The uniform models are fine-tuned from the float checkpoint, and LSQ starts
     a layer's weight step at ``2 mean|w| / sqrt(Q_P)`` of the float weights at
     the layer's bits (``mpq.quantizers.lsq_init_step``): the ratio says how far
     training moved the step (1.0: not at all). Per-channel steps are averaged.
+    ``fstate`` is the float checkpoint's state dict.
     """
-    fstate, _ = checkpoint.load(folder / paths.FLOAT_CKPT)
     qstate, meta = checkpoint.load(folder / name)
     ratios = []
     for layer in layers:
@@ -218,8 +218,9 @@ def step_diagnostic(nets: Sequence[NetworkResults], results: str | Path, *, star
         folder = paths.network_dir(net.network, results)
         cheap = net.scores(PAPER_CHEAP_METHOD)
         spread = np.array(list(cheap.values()), float)
+        fstate, _ = checkpoint.load(folder / paths.FLOAT_CKPT)  # read once for both uniform checkpoints
         for bits in (start_bits, low_bits):
-            r = _step_ratios(folder, paths.uniform_ckpt(bits), net.candidates)
+            r = _step_ratios(fstate, folder, paths.uniform_ckpt(bits), net.candidates)
             rows.append({"network": net.network, "checkpoint": paths.uniform_ckpt(bits), "layers": len(r),
                          "step_ratio_min": r.min(), "step_ratio_median": float(np.median(r)),
                          "step_ratio_max": r.max(), "moved_over_1pct": float(np.mean(np.abs(r - 1) > 0.01)),
