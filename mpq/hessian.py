@@ -32,6 +32,24 @@ add variance (reported in the standard error), in exchange for one
 Hessian-vector product per sample instead of one per layer per sample (ResNet-50:
 54 times cheaper).
 
+**Memory: chunks of a batch.** The double-backward graph of a whole batch can
+exceed a GPU's memory (ResNet-50, 256 ImageNet images at 224 px). With
+``chunk_size=k`` each batch is split into consecutive chunks of at most ``k``
+samples; each chunk gets its own forward, ``create_graph`` backward and ``H v``
+products, and its graph is freed before the next. The batch loss is a mean, so
+``H v`` of the batch loss is ``sum_k w_k H_k v`` with ``H_k`` the Hessian of chunk
+``k``'s loss and ``w_k`` its share of the batch mean's denominator: ``n_k / n``
+(samples) for a per-sample mean, or ``c_k / c`` (targets ``!= ignore_index``) for
+a per-pixel mean that ignores void pixels (``F.cross_entropy(...,
+ignore_index=...)`` without class weights). A chunk with no valid target has
+``w_k = 0`` and is skipped (a batch with none adds 0, as it does unchunked). The
+probes are re-drawn from the same seed for every chunk, so the result equals the
+unchunked one up to float rounding.
+``chunk_size=None`` (or ``>=`` the batch) takes the whole batch in one pass,
+exactly as before; ``chunk_size="auto"`` starts with the whole batch and halves
+the chunk on ``torch.cuda.OutOfMemoryError`` (redoing that batch), keeping the
+reduced size for the remaining batches.
+
 **Curvature of the float view.** HAWQ measures curvature at the trained weights
 of a full-precision network; LSQ's rounding is piecewise constant (its straight
 -through gradient has no meaningful second derivative), so ``scores`` takes the
@@ -114,16 +132,103 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
+def _check_chunk(chunk_size: int | str | None, ignore_index: int | None) -> None:
+    ok = (chunk_size is None or (isinstance(chunk_size, str) and chunk_size == "auto")
+          or (isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1))
+    if not ok:
+        raise ValueError(f"chunk_size must be a positive integer, 'auto' or None (whole batch), "
+                         f"got {chunk_size!r}")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise ValueError(f"ignore_index must be an integer or None, got {ignore_index!r}")
+
+
+def _slice(obj: Any, a: int, b: int, n: int, what: str) -> Any:
+    """Samples ``a:b`` of a batch of ``n``: every tensor in ``obj`` is cut along dim 0."""
+    if isinstance(obj, Tensor):
+        if obj.dim() == 0 or obj.shape[0] != n:
+            raise ValueError(f"cannot split a batch of {n} into chunks: its {what} holds a tensor of "
+                             f"shape {tuple(obj.shape)} without a leading batch dimension of {n}")
+        return obj[a:b]
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_slice(o, a, b, n, what) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _slice(v, a, b, n, what) for k, v in obj.items()}
+    return obj
+
+
+def _chunks(y: Any, n: int, size: int, ignore_index: int | None) -> list[tuple[int, int, float]]:
+    """``(start, stop, weight)`` of each chunk of a batch of ``n``: the weights are the
+    chunks' shares of the batch loss's denominator (samples, or targets ``!= ignore_index``)."""
+    bounds = [(a, min(a + size, n)) for a in range(0, n, size)]
+    if ignore_index is None:
+        return [(a, b, (b - a) / n) for a, b in bounds]
+    if not isinstance(y, Tensor):
+        raise ValueError(f"ignore_index={ignore_index} needs tensor targets to weight the chunks, "
+                         f"got {type(y).__name__}")
+    _slice(y, 0, n, n, "target")  # checks the leading batch dimension
+    counts = [int(y[a:b].ne(ignore_index).sum()) for a, b in bounds]
+    total = sum(counts)
+    # No valid target in the whole batch: every chunk is skipped, so the batch adds 0,
+    # as the whole batch does (cross_entropy's backward gives 0 for a 0/0 mean).
+    return [(a, b, c / total if total else 0.0) for (a, b), c in zip(bounds, counts)]
+
+
+def _batch_estimate(model: nn.Module, loss_fn: LossFn, x: Any, y: Any, weights: list[Tensor], *,
+                    samples: int, seed: int, gen: torch.Generator, dev: torch.device,
+                    chunks: list[tuple[int, int, float]] | None) -> Tensor:
+    """``v_s . (H v_s)`` of one batch's loss, per sample ``s`` and layer (float64,
+    ``samples x layers``). ``chunks=None``: the whole batch in one pass; otherwise the
+    weighted sum over the chunks ``(start, stop, weight)``, each with its own graph."""
+    acc = torch.zeros(samples, len(weights), dtype=torch.float64, device=dev)
+    n = _batch_size(x)
+    for a, b, w in [(0, n, 1.0)] if chunks is None else chunks:
+        if w == 0:
+            continue  # no valid target in this chunk: no term in the batch loss
+        xc, yc = (x, y) if chunks is None else (_slice(x, a, b, n, "input"), _slice(y, a, b, n, "target"))
+        out = model(_to(xc, dev))
+        loss = loss_fn(out, _to(yc, dev))
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError("loss_fn must return a scalar tensor")
+        grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
+        # Entries of the gradient that depend on the weights (the rest have H = 0).
+        live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        # Re-seed per batch and per chunk: sample s uses the same v on every batch and
+        # every chunk, so its estimate is v^T (mean H) v, the Hessian of the mean loss.
+        gen.manual_seed(seed)
+        for s in range(samples):
+            vs = [torch.randint(0, 2, wt.shape, generator=gen, device=dev, dtype=wt.dtype)
+                  .mul_(2).sub_(1) for wt in weights]
+            if not live:
+                continue
+            hvs = torch.autograd.grad([grads[i] for i in live], weights,
+                                      grad_outputs=[vs[i] for i in live],
+                                      retain_graph=True, allow_unused=True)
+            dots = torch.stack([
+                torch.zeros((), dtype=torch.float64, device=dev) if hv is None
+                else torch.dot(v.flatten(), hv.flatten()).double()
+                for v, hv in zip(vs, hvs)])
+            if chunks is None:
+                acc[s] = dots
+            else:
+                acc[s] += dots * w
+        del grads, loss, out
+    return acc
+
+
 def _hutchinson(model: nn.Module, loss_fn: LossFn, batches: list[Batch], *, samples: int,
-                seed: int, layers: Sequence[str] | None,
-                device: str | torch.device) -> tuple[list[str], Tensor, int]:
+                seed: int, layers: Sequence[str] | None, device: str | torch.device,
+                chunk_size: int | str | None = None, ignore_index: int | None = None
+                ) -> tuple[list[str], Tensor, int, dict[str, Any]]:
     """Per-sample, per-layer Hutchinson estimates.
 
-    Returns ``(names, est, images)``: ``est[s, l] = v_l . (H v)_l`` for sample ``s``
-    (float64, shape ``samples x layers``), and the number of images seen.
+    Returns ``(names, est, images, chunking)``: ``est[s, l] = v_l . (H v)_l`` for sample
+    ``s`` (float64, shape ``samples x layers``), the number of images seen, and
+    ``chunking`` = ``{"chunk_used": k, "oom_retries": r}`` (``k``: the chunk size in
+    force at the end, at most the largest batch; ``r``: halvings of ``"auto"``).
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive integer, got {samples!r}")
+    _check_chunk(chunk_size, ignore_index)
     dev = torch.device(device)
     chosen = _weight_layers(model, layers)
     names = list(chosen)
@@ -134,6 +239,9 @@ def _hutchinson(model: nn.Module, loss_fn: LossFn, batches: list[Batch], *, samp
                              f"to {dev} first (model.to(device))")
     sizes = [_batch_size(x) for x, _ in batches]
     total = sum(sizes)
+    auto = chunk_size == "auto"
+    limit = max(sizes) if chunk_size is None or auto else min(int(chunk_size), max(sizes))
+    retries = 0
 
     # Gradients only to the measured weights: other parameters (BN, biases, quantizer
     # steps) are frozen for the duration, which keeps the double-backward graph small.
@@ -151,36 +259,26 @@ def _hutchinson(model: nn.Module, loss_fn: LossFn, batches: list[Batch], *, samp
         model.eval()
         with torch.enable_grad():
             for (x, y), n in zip(batches, sizes):
-                out = model(_to(x, dev))
-                loss = loss_fn(out, _to(y, dev))
-                if not isinstance(loss, Tensor) or loss.numel() != 1:
-                    raise ValueError("loss_fn must return a scalar tensor")
-                grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
-                # Entries of the gradient that depend on the weights (the rest have H = 0).
-                live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-                # Re-seed per batch: sample s uses the same v on every batch, so the
-                # per-sample estimate is v^T (mean_b H_b) v, the Hessian of the mean loss.
-                gen.manual_seed(seed)
-                for s in range(samples):
-                    vs = [torch.randint(0, 2, w.shape, generator=gen, device=dev, dtype=w.dtype)
-                          .mul_(2).sub_(1) for w in weights]
-                    if not live:
-                        continue
-                    hvs = torch.autograd.grad([grads[i] for i in live], weights,
-                                              grad_outputs=[vs[i] for i in live],
-                                              retain_graph=True, allow_unused=True)
-                    dots = torch.stack([
-                        torch.zeros((), dtype=torch.float64, device=dev) if hv is None
-                        else torch.dot(v.flatten(), hv.flatten()).double()
-                        for v, hv in zip(vs, hvs)])
-                    est[s] += dots * (n / total)
-                del grads, loss, out
+                while True:
+                    chunks = None if limit >= n else _chunks(y, n, limit, ignore_index)
+                    try:
+                        acc = _batch_estimate(model, loss_fn, x, y, weights, samples=samples,
+                                              seed=seed, gen=gen, dev=dev, chunks=chunks)
+                        break
+                    except torch.cuda.OutOfMemoryError:
+                        if not auto or min(limit, n) <= 1:
+                            raise
+                    # Out of the except block, so the failed attempt's graph is released.
+                    limit, retries = min(limit, n) // 2, retries + 1
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+                est += acc * (n / total)
     finally:
         for p, r in zip(params, saved_grad):
             p.requires_grad_(r)
         for m, mode in saved_mode:
             m.training = mode
-    return names, est.cpu(), total
+    return names, est.cpu(), total, {"chunk_used": limit, "oom_retries": retries}
 
 
 def _summarise(names: list[str], est: Tensor) -> tuple[dict[str, float], dict[str, float]]:
@@ -192,7 +290,8 @@ def _summarise(names: list[str], est: Tensor) -> tuple[dict[str, float], dict[st
 
 def layer_traces(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], *, samples: int = 32,
                  seed: int = 0, layers: Sequence[str] | None = None, device: str | torch.device = "cpu",
-                 return_stderr: bool = False
+                 return_stderr: bool = False, chunk_size: int | str | None = None,
+                 ignore_index: int | None = None
                  ) -> dict[str, float] | tuple[dict[str, float], dict[str, float]]:
     """Hutchinson estimates of the trace of the loss Hessian w.r.t. each layer's ``.weight``.
 
@@ -215,10 +314,20 @@ def layer_traces(model: nn.Module, loss_fn: LossFn, batches: Iterable[Batch], *,
     parameter's ``requires_grad`` are restored afterwards. With ``return_stderr`` the
     result is ``(traces, stderr)``, stderr = sample std / sqrt(samples) (NaN when
     ``samples == 1``; exactly 0 when the Hessian blocks are diagonal).
+
+    ``chunk_size``: at most this many samples of a batch through the double backward at
+    once (``None``: the whole batch, as without the keyword; ``"auto"``: the whole batch,
+    halved on ``torch.cuda.OutOfMemoryError``). Each chunk's ``H v`` is weighted by its
+    share of the batch loss's denominator: its number of samples, or with
+    ``ignore_index`` its number of targets ``!= ignore_index`` (for a loss that averages
+    over valid pixels, e.g. ``F.cross_entropy(..., ignore_index=...)``). The probes are
+    the same for every chunk, so the result equals the unchunked one up to rounding.
+    ``ignore_index`` only weights chunks: batches stay weighted by their sample counts.
     """
     data = _materialise(batches)
-    names, est, _ = _hutchinson(model, loss_fn, data, samples=samples, seed=seed,
-                                layers=layers, device=device)
+    names, est, _, _ = _hutchinson(model, loss_fn, data, samples=samples, seed=seed,
+                                   layers=layers, device=device, chunk_size=chunk_size,
+                                   ignore_index=ignore_index)
     traces, stderr = _summarise(names, est)
     return (traces, stderr) if return_stderr else traces
 
@@ -240,19 +349,23 @@ def _quant_errors(layer: nn.Module, low_bits: int) -> tuple[float, float]:
 
 
 def scores(qmodel: nn.Module, batches: Iterable[Batch], *, loss_fn: LossFn, samples: int = 32,
-           seed: int = 0, low_bits: int = 2, device: str | torch.device = "cpu") -> Sensitivity:
+           seed: int = 0, low_bits: int = 2, device: str | torch.device = "cpu",
+           chunk_size: int | str | None = None, ignore_index: int | None = None) -> Sensitivity:
     """HAWQ sensitivity of reducing each candidate layer of ``qmodel`` to ``low_bits``.
 
     score = (Tr(H_ll) / n_l) x (||Q_low(W) - W||^2 - ||Q_cur(W) - W||^2), with ``W`` the
     layer's latent float weights, ``Q_cur`` its trained LSQ weight quantizer at its
     current bits, ``Q_low`` LSQ at ``low_bits`` with the initial step
     ``2 mean|W| / sqrt(Q_P)``, and ``H`` the Hessian of ``loss_fn`` on ``batches`` of the
-    float view of ``qmodel`` (quantizers off, eval mode; see ``layer_traces``).
-    Higher score = more harmful to reduce. ``qmodel`` itself is not modified.
+    float view of ``qmodel`` (quantizers off, eval mode; see ``layer_traces``, also for
+    ``chunk_size`` and ``ignore_index``). Higher score = more harmful to reduce.
+    ``qmodel`` itself is not modified.
 
     The table has ``layer, bits_from, bits_to, score`` plus ``trace, trace_stderr,
     params, qerr_from, qerr_to``. Raises ``NotQuantizedError`` for a float model and
-    ``ValueError`` for empty ``batches`` or a candidate not above ``low_bits``.
+    ``ValueError`` for empty ``batches`` or a candidate not above ``low_bits``. With a
+    ``chunk_size``, ``meta`` also records ``chunk_size``, ``chunk_used`` (the chunk size in
+    force at the end, at most the largest batch), ``oom_retries`` and ``chunk_weight``.
     """
     t0 = time.perf_counter()
     cands = candidate_layers(qmodel)  # NotQuantizedError for a float model
@@ -267,8 +380,9 @@ def scores(qmodel: nn.Module, batches: Iterable[Batch], *, loss_fn: LossFn, samp
             raise ValueError(f"candidate layer {n!r} is at {b} bits: it cannot be reduced to "
                              f"{low_bits} bits")
     fmodel = float_view(qmodel).to(device)
-    names, est, images = _hutchinson(fmodel, loss_fn, data, samples=samples, seed=seed,
-                                     layers=cands, device=device)
+    names, est, images, chunking = _hutchinson(fmodel, loss_fn, data, samples=samples, seed=seed,
+                                               layers=cands, device=device, chunk_size=chunk_size,
+                                               ignore_index=ignore_index)
     del fmodel
     traces, stderr = _summarise(names, est)
     rows = []
@@ -281,23 +395,37 @@ def scores(qmodel: nn.Module, batches: Iterable[Batch], *, loss_fn: LossFn, samp
                      "trace": traces[n], "trace_stderr": stderr[n], "params": numel,
                      "qerr_from": q_from, "qerr_to": q_to})
     seconds = time.perf_counter() - t0
+    notes = (f"{samples} Hutchinson samples x {len(data)} batches ({images} images): one forward "
+             f"and one create_graph backward per batch, then one Hessian-vector-product backward "
+             f"per sample per batch")
+    if chunk_size is not None:
+        notes += (f"; batches split into chunks of at most {chunking['chunk_used']} samples "
+                  f"(chunk_size={chunk_size!r}), the same probes for every chunk")
     cost = CostRecord(
         method="hessian", seconds=seconds, device=device_name(device),
         forward_passes=images, backward_passes=images * (1 + samples),
-        notes=(f"{samples} Hutchinson samples x {len(data)} batches ({images} images): one forward "
-               f"and one create_graph backward per batch, then one Hessian-vector-product backward "
-               f"per sample per batch"))
+        notes=notes)
     meta = {"samples": samples, "seed": seed, "batches": len(data), "images": images,
             "low_bits": low_bits, "estimator": "Hutchinson, Rademacher, one joint vector over layers",
             "hessian_of": "float view (quantizers off), eval mode"}
+    if chunk_size is not None:  # without chunking the meta is what it always was
+        meta.update(chunking, chunk_size=chunk_size,
+                    chunk_weight=("samples" if ignore_index is None
+                                  else f"targets != ignore_index ({ignore_index})"))
     return Sensitivity("hessian", pd.DataFrame(rows), cost, meta)
 
 
 def run(exp, *, method: str, qmodel: nn.Module, teacher: nn.Module | None, out, seed: int) -> Sensitivity:
     """The pipeline's Hessian baseline (``mpq.methods`` entry): ``scores`` on the first
-    ``hessian.batches`` training batches (unshuffled, the whole split on every rank)."""
+    ``hessian.batches`` training batches (unshuffled, the whole split on every rank).
+
+    ``hessian.chunk`` (null: whole batches) bounds the samples per double
+    backward; segmentation chunks are weighted by their non-void pixels."""
     cfg = exp.cfg
     loader = exp.loader("train", train=False, sharded=False)
     batches = [b for _, b in zip(range(cfg.hessian.batches), loader)]
+    seg = exp.data.task == "segmentation"
     return scores(qmodel, batches, loss_fn=exp.loss_fn, samples=cfg.hessian.samples, seed=seed,
-                  low_bits=cfg.quant.low_bits, device=exp.device)
+                  low_bits=cfg.quant.low_bits, device=exp.device,
+                  chunk_size=cfg.hessian.chunk,
+                  ignore_index=exp.data.ignore_index if seg else None)

@@ -118,10 +118,13 @@ class AlpsSettings:
 class HessianSettings:
     samples: int                 # Hutchinson probe vectors
     batches: int                 # training batches the loss is averaged over
+    chunk: int | str | None      # images per second-order pass: null (whole batch) | N | auto (halve on OOM)
 
     def validate(self, key: str) -> None:
         check(self.samples >= 2, f"{key}.samples", f"must be >= 2, got {self.samples}")
         check(self.batches >= 1, f"{key}.batches", f"must be >= 1, got {self.batches}")
+        check(self.chunk is None or self.chunk == "auto" or (isinstance(self.chunk, int) and self.chunk >= 1),
+              f"{key}.chunk", f"must be null (whole batch), a positive integer or auto, got {self.chunk!r}")
 
 
 # --------------------------------------------------------------------------- the registry

@@ -1,14 +1,15 @@
 """The Hessian-trace baseline: Hutchinson traces against exact Hessians, and HAWQ scores."""
 import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 import mpq
-from mpq import networks
-from mpq.hessian import layer_traces, scores
+from mpq import hessian, networks
+from mpq.hessian import _hutchinson, layer_traces, scores
 from mpq.quantized import NotQuantizedError, quant_layers
 from mpq.sensitivity import COLUMNS, Sensitivity
 
@@ -234,3 +235,192 @@ def test_scores_resnet50_has_one_row_per_candidate():
     assert len(sens.table) == 52
     assert list(sens.table["layer"]) == mpq.candidate_layers(q)
     assert sens.table["score"].map(math.isfinite).all()
+
+
+# --------------------------------------------------------------------------- chunks of a batch
+
+def seg_net():
+    """A tiny fully convolutional segmenter: (N, 3, H, W) -> (N, 3 classes, H, W)."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh(),
+                         nn.Conv2d(4, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 4, 1), nn.Tanh(),
+                         nn.Conv2d(4, 3, 1))
+
+
+def seg_batch(n=5, seed=0):
+    """Masks with a different number of void (255) pixels per image; image 1 is all void."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 6, 6, generator=g)
+    y = torch.randint(0, 3, (n, 6, 6), generator=g)
+    void = torch.rand(n, 6, 6, generator=g) < torch.linspace(0.1, 0.9, n).view(n, 1, 1)
+    y[void] = 255
+    y[1] = 255
+    return x, y
+
+
+def seg_ce(out, y):
+    return nn.functional.cross_entropy(out, y, ignore_index=255)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 6, 7, 100])
+def test_chunked_traces_equal_whole_batch_classification(chunk):
+    torch.manual_seed(0)
+    model = small_cnn()
+    data = cnn_batches(n=2, bs=7)
+    ce = nn.CrossEntropyLoss()
+    whole = layer_traces(model, ce, data, samples=3, seed=1, return_stderr=True)
+    parts = layer_traces(model, ce, data, samples=3, seed=1, return_stderr=True, chunk_size=chunk)
+    for w, p in zip(whole, parts):
+        assert list(p) == list(w)
+        assert list(p.values()) == pytest.approx(list(w.values()), rel=1e-5, abs=1e-8)
+    if chunk >= 7:  # no chunking at all: bit-identical
+        assert parts == whole
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4])
+def test_chunked_traces_equal_whole_batch_segmentation_with_void_pixels(chunk):
+    torch.manual_seed(0)
+    model = seg_net()
+    x, y = seg_batch()
+    data = [(x, y), (x[:3].flip(-1), y[:3].flip(-1))]
+    whole = layer_traces(model, seg_ce, data, samples=3, seed=2)
+    parts = layer_traces(model, seg_ce, data, samples=3, seed=2, chunk_size=chunk, ignore_index=255)
+    assert all(math.isfinite(t) for t in parts.values())  # the all-void chunk is skipped, not NaN
+    assert list(parts.values()) == pytest.approx(list(whole.values()), rel=1e-5, abs=1e-8)
+    # weighting the chunks by images instead of valid pixels is a different (wrong) average
+    by_images = layer_traces(model, seg_ce, [(x, y)], samples=3, seed=2, chunk_size=2)
+    right = layer_traces(model, seg_ce, [(x, y)], samples=3, seed=2, chunk_size=2, ignore_index=255)
+    assert list(by_images.values()) != pytest.approx(list(right.values()), rel=1e-3)
+    # ignore_index does not change an unchunked run
+    assert layer_traces(model, seg_ce, data, samples=3, seed=2, ignore_index=255) == whole
+
+
+def test_all_void_batch_adds_zero_with_or_without_chunks():
+    torch.manual_seed(0)
+    model = seg_net()
+    x, y = seg_batch(n=4)
+    y[:] = 255
+    whole = layer_traces(model, seg_ce, [(x, y)], samples=2)
+    parts = layer_traces(model, seg_ce, [(x, y)], samples=2, chunk_size=1, ignore_index=255)
+    assert set(whole.values()) == set(parts.values()) == {0.0}
+
+
+def test_probes_do_not_depend_on_chunking():
+    """Per probe (not only on average) the estimate is the same: every chunk of one
+    sample index sees the same Rademacher vector."""
+    torch.manual_seed(0)
+    model = TinyMLP()
+    data = [(torch.randn(9, 3), torch.randint(0, 2, (9,))), (torch.randn(4, 3), torch.randint(0, 2, (4,)))]
+    ce = nn.CrossEntropyLoss()
+    _, ref, _, info = _hutchinson(model, ce, data, samples=6, seed=4, layers=None, device="cpu")
+    assert info == {"chunk_used": 9, "oom_retries": 0}
+    for chunk in (1, 2, 5):
+        _, est, images, info = _hutchinson(model, ce, data, samples=6, seed=4, layers=None,
+                                           device="cpu", chunk_size=chunk)
+        assert images == 13 and info["chunk_used"] == chunk
+        torch.testing.assert_close(est, ref, rtol=1e-5, atol=1e-9)
+    _, other, _, _ = _hutchinson(model, ce, data, samples=6, seed=5, layers=None, device="cpu",
+                                 chunk_size=2)
+    assert not torch.allclose(other, ref, rtol=1e-3)  # the comparison can tell probes apart
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "big", "4", [2]])
+def test_invalid_chunk_sizes(bad):
+    data = [(torch.randn(4, 5), None)]
+    with pytest.raises(ValueError, match="chunk_size must be") as err:
+        layer_traces(OneLinear(), half_sq, data, chunk_size=bad)
+    assert "\n" not in str(err.value)
+
+
+def test_chunking_errors_are_one_line():
+    model = OneLinear()
+    x = torch.randn(4, 5)
+    cases = [
+        (dict(ignore_index="255"), "ignore_index must be"),
+        (dict(ignore_index=True), "ignore_index must be"),
+        (dict(chunk_size=2, ignore_index=255), "needs tensor targets"),  # targets are None
+    ]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg) as err:
+            layer_traces(model, half_sq, [(x, None)], **kw)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="leading batch dimension of 4") as err:
+        layer_traces(model, half_sq, [(x, torch.zeros(3))], chunk_size=2)
+    assert "\n" not in str(err.value)
+
+
+def test_auto_chunk_halves_on_out_of_memory_and_records_it():
+    q = quantized_cnn()
+    data = cnn_batches(n=2, bs=7)
+    ce = nn.CrossEntropyLoss()
+    seen = []
+
+    def small_memory(out, y):  # pretends a graph of more than 2 images does not fit
+        seen.append(out.shape[0])
+        if out.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return ce(out, y)
+
+    ref = scores(q, data, loss_fn=ce, samples=3, seed=0)
+    auto = scores(q, data, loss_fn=small_memory, samples=3, seed=0, chunk_size="auto")
+    assert seen == [7, 3, 1, 1, 1, 1, 1, 1, 1] + [1] * 7  # 7 -> 3 -> 1, then 1 for the rest
+    assert auto.meta["chunk_used"] == 1 and auto.meta["oom_retries"] == 2
+    assert auto.meta["chunk_size"] == "auto" and auto.meta["chunk_weight"] == "samples"
+    assert list(auto.table["trace"]) == pytest.approx(list(ref.table["trace"]), rel=1e-5)
+    assert auto.cost.forward_passes == ref.cost.forward_passes == 14
+    # a fixed chunk size does not retry: the error propagates
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        scores(q, data, loss_fn=small_memory, samples=3, seed=0, chunk_size=4)
+    # nor does "auto" once a single image does not fit
+
+    def no_memory(out, y):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        scores(q, data, loss_fn=no_memory, samples=3, seed=0, chunk_size="auto")
+    assert q.training  # modes restored after the failure
+
+
+def test_scores_meta_only_records_chunking_when_asked():
+    q = quantized_cnn()
+    data = cnn_batches(n=2, bs=5)
+    ce = nn.CrossEntropyLoss()
+    plain = scores(q, data, loss_fn=ce, samples=3, seed=0)
+    assert not {"chunk_size", "chunk_used", "oom_retries", "chunk_weight"} & set(plain.meta)
+    assert "chunk" not in plain.cost.notes
+    whole = scores(q, data, loss_fn=ce, samples=3, seed=0, chunk_size=64)
+    assert whole.table.equals(plain.table)  # a chunk >= the batch is the unchunked path
+    assert whole.meta["chunk_used"] == 5
+    two = scores(q, data, loss_fn=ce, samples=3, seed=0, chunk_size=2)
+    assert two.meta["chunk_used"] == 2 and two.meta["oom_retries"] == 0
+    assert "chunks of at most 2 samples" in two.cost.notes
+    assert list(two.table["score"]) == pytest.approx(list(plain.table["score"]), rel=1e-5)
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_run_passes_the_chunk_setting(task):
+    torch.manual_seed(0)
+    if task == "segmentation":
+        q = mpq.quantize(seg_net(), 4)
+        x, y = seg_batch()
+        batches = [(x, y)]
+    else:
+        q = quantized_cnn()
+        batches = cnn_batches(n=1, bs=5)
+        y = batches[0][1]
+    q.eval()
+    q(batches[0][0])
+    q.train()
+    exp = SimpleNamespace(
+        cfg=SimpleNamespace(hessian=SimpleNamespace(batches=1, samples=3, chunk=2),
+                            quant=SimpleNamespace(low_bits=2)),
+        loader=lambda *a, **k: iter(batches), device="cpu",
+        data=SimpleNamespace(task=task, ignore_index=255),
+        loss_fn=lambda out, t: nn.functional.cross_entropy(out, t, ignore_index=255))
+    got = hessian.run(exp, method="hessian", qmodel=q, teacher=None, out=None, seed=0)
+    assert got.meta["chunk_size"] == 2
+    assert got.meta["chunk_weight"] == ("targets != ignore_index (255)" if task == "segmentation"
+                                        else "samples")
+    exp.cfg.hessian.chunk = None
+    ref = hessian.run(exp, method="hessian", qmodel=q, teacher=None, out=None, seed=0)
+    assert "chunk_size" not in ref.meta
+    assert list(got.table["trace"]) == pytest.approx(list(ref.table["trace"]), rel=1e-5)
