@@ -3,11 +3,13 @@
 - ``resnet50`` / ``resnet101``: torchvision's ResNet (Bottleneck, ImageNet stem)
   with a width multiplier that scales every stage and keeps the depth, so the
   layer graph is the paper's at any width. At width 1.0 the model *is*
-  torchvision's (same class, same state-dict keys and shapes) and loads its
-  pretrained weights.
+  torchvision's (same class, same state-dict keys and shapes) and loads
+  ImageNet weights (``weights``: torchvision's ``IMAGENET1K_V1`` /
+  ``IMAGENET1K_V2``, or a local state-dict file in torchvision's layout).
 - ``pspnet``: PSPNet (Zhao et al., CVPR 2017) on a dilated ResNet-50 backbone
   (output stride 8), pyramid pooling with bins 1/2/3/6 and an auxiliary head on
-  ``layer3`` that is used in training only.
+  ``layer3`` that is used in training only. ``weights`` initialise its backbone
+  as they do ResNet-50 (the heads stay random).
 
 Each entry (``NetworkSpec``) holds every per-network fact the rest of mpq
 reads: the builder, which layers stay at 8 bits (the first conv and the
@@ -18,6 +20,9 @@ one ``register`` call plus its section in ``params.yaml`` (``docs/extending.md``
 """
 from __future__ import annotations
 
+import os
+import urllib.error
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -28,8 +33,9 @@ from torchvision.models import resnet as tv_resnet
 
 from .registry import Registry
 
-__all__ = ["NetworkSpec", "NETWORKS", "TASK_METRICS", "register", "unregister", "get_spec", "build",
-           "ScaledResNet", "PSPNet"]
+__all__ = ["NetworkSpec", "NETWORKS", "TASK_METRICS", "TORCHVISION_WEIGHTS", "WEIGHTS_SUFFIXES",
+           "WeightsUnavailableError", "register", "unregister", "get_spec", "build", "check_weights",
+           "eval_resize", "ScaledResNet", "PSPNet"]
 
 # task -> (short metric name, axis label): what the report calls each task's metric
 TASK_METRICS = {"classification": ("top-1", "Top-1 accuracy (%)"),
@@ -139,15 +145,113 @@ class PSPNet(nn.Module):
         return out
 
 
-def _load_torchvision_resnet(model: ScaledResNet, arch: str) -> None:
-    """Load torchvision's ImageNet weights (paper scale; needs width 1.0 and a local cache)."""
-    weights = tv_resnet.ResNet50_Weights.IMAGENET1K_V2 if arch == "resnet50" else \
-        tv_resnet.ResNet101_Weights.IMAGENET1K_V2
-    state = weights.get_state_dict(progress=False)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    bad = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
-    if bad:
-        raise ValueError(f"pretrained {arch} weights do not match the model: {bad[:3]} ...")
+# ---- starting weights ---------------------------------------------------------------------------
+# ``weights``: None (random init), one of these torchvision names, or a local state-dict file.
+TORCHVISION_WEIGHTS = ("IMAGENET1K_V1", "IMAGENET1K_V2")
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin")
+_WEIGHT_ENUMS = {"resnet50": tv_resnet.ResNet50_Weights, "resnet101": tv_resnet.ResNet101_Weights}
+# no network: URLError (DNS, refused), socket.timeout, ConnectionError, ...: all OSErrors
+_NETWORK_ERRORS = (urllib.error.URLError, OSError)
+
+
+class WeightsUnavailableError(FileNotFoundError):
+    """Starting weights that are not on this machine: torchvision's not cached while offline, or a
+    local file that is missing. Its message is one line saying what to put where."""
+
+
+def check_weights(weights: str | None, setting: str = "weights") -> str | None:
+    """``weights`` as given if valid (None, a torchvision name, a .pth/.pt/.bin path); else a one-line
+    ``ValueError`` (naming ``setting``) listing the choices. Does not check that a local file exists."""
+    if weights is None or weights in TORCHVISION_WEIGHTS:
+        return weights
+    if isinstance(weights, (str, os.PathLike)) and str(weights).lower().endswith(WEIGHTS_SUFFIXES):
+        return weights
+    raise ValueError(f"{setting}: unknown weights {weights!r}: choose null (random init), one of "
+                     f"{list(TORCHVISION_WEIGHTS)} or a path to a state-dict file ending in "
+                     f"{'/'.join(WEIGHTS_SUFFIXES)}")
+
+
+def eval_resize(weights: str | None, input_size: int) -> int:
+    """The resize side before the centre crop of ``input_size`` in ImageNet evaluation, matching how
+    ``weights`` were evaluated: torchvision's ``resize_size`` of those weights scaled by
+    ``input_size / crop_size`` (V1: 256 at 224, V2: 232 at 224); for None or a local file the classic
+    ``round(input_size * 256 / 224)``."""
+    if check_weights(weights) in TORCHVISION_WEIGHTS:
+        preset = tv_resnet.ResNet50_Weights[weights].transforms()  # same presets for ResNet-101
+        resize, crop = preset.resize_size[0], preset.crop_size[0]
+    else:
+        resize, crop = 256, 224
+    return int(round(input_size * resize / crop))
+
+
+def _torchvision_state(arch: str, weights: str) -> Mapping:
+    """torchvision's ``weights`` for ``arch`` (from the hub cache; downloaded when online)."""
+    enum = _WEIGHT_ENUMS[arch][weights]
+    target = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(enum.url))
+    how = f"download {enum.url} and put it at {target}"
+    try:
+        return enum.get_state_dict(progress=False)
+    except Exception as e:
+        why = f"{type(e).__name__}: {_first_line(e)}"
+        if os.path.isfile(target):  # cached but unreadable (truncated, corrupt, no permission)
+            raise WeightsUnavailableError(f"cached {arch} {weights} weights {target} are unreadable ({why}): "
+                                          f"delete the file and {how}") from None
+        if isinstance(e, _NETWORK_ERRORS):  # offline and not cached
+            raise WeightsUnavailableError(f"{arch} {weights} weights are not cached and could not be "
+                                          f"downloaded ({_first_line(getattr(e, 'reason', None) or e)}): "
+                                          f"{how}") from None
+        raise
+
+
+def _first_line(e: object) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _file_state(path: str, setting: str) -> Mapping:
+    """A state dict from a local file; unwraps ``{"state_dict": ...}`` / ``{"model": ...}``."""
+    path = os.path.expanduser(str(path))
+    if not os.path.isfile(path):
+        raise WeightsUnavailableError(f"{setting}: no weights file {os.path.abspath(path)}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{setting}: cannot read {path} as a PyTorch state dict "
+                         f"({type(e).__name__}: {_first_line(e)})") from None
+    for _ in range(2):
+        if isinstance(state, Mapping):
+            inner = next((state[k] for k in ("state_dict", "model") if isinstance(state.get(k), Mapping)), None)
+            if inner is not None:
+                state = inner
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{setting}: {path} holds no state dict of tensors (nor under 'state_dict' or 'model')")
+    if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _weights_state(arch: str, weights: str, setting: str) -> tuple[Mapping, str]:
+    """``(state dict, its description)`` of ``weights``: a torchvision name or a local file."""
+    if weights in TORCHVISION_WEIGHTS:
+        return _torchvision_state(arch, weights), f"torchvision's {arch} {weights}"
+    return _file_state(weights, setting), str(weights)
+
+
+def _load_state(model: ScaledResNet, state: Mapping, arch: str, source: str, setting: str) -> None:
+    """Load ``state`` (torchvision's ``arch`` layout) into ``model``. The classifier ``fc`` loads only
+    where its shape fits (else it stays random; PSPNet's backbone has none); any other missing,
+    unexpected or misshapen key is a one-line ``ValueError`` naming the first ones."""
+    own = model.state_dict()
+    head = lambda k: k.startswith("fc.")  # noqa: E731
+    optional = lambda k: k.endswith("num_batches_tracked")  # noqa: E731  (absent in old files)
+    missing = [k for k in own if k not in state and not head(k) and not optional(k)]
+    unexpected = [k for k in state if k not in own and not head(k)]
+    misshapen = [k for k in state if k in own and not head(k) and state[k].shape != own[k].shape]
+    if missing or unexpected or misshapen:
+        parts = [f"{what} {keys[:3]}{' ...' if len(keys) > 3 else ''}" for what, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)) if keys]
+        raise ValueError(f"{setting}: {source} does not match {arch} (torchvision's layout): " + "; ".join(parts))
+    fits = {k: v for k, v in state.items() if k in own and (not head(k) or v.shape == own[k].shape)}
+    model.load_state_dict(fits, strict=False)
 
 
 @dataclass(frozen=True)
@@ -156,7 +260,7 @@ class NetworkSpec:
 
     name: str
     task: str  # "classification" | "segmentation"
-    builder: Callable[..., nn.Module]  # builder(num_classes=, width=, pretrained=) -> float model
+    builder: Callable[..., nn.Module]  # builder(*, num_classes, width, weights) -> float model
     fixed_8bit: tuple[str, ...]  # module names kept at 8 bits
     float_only: tuple[str, ...] = ()  # module-name prefixes never quantized (training-only)
     candidate_count: int = 0  # conv/linear layers at 4/2 bits, for checks
@@ -183,27 +287,33 @@ class NetworkSpec:
         return TASK_METRICS[self.task][1]
 
 
+def _starting_state(arch: str, weights: str | None, width: float, setting: str) -> tuple[Mapping, str] | None:
+    """Validate ``weights`` and fetch them (before building, so that a failure is quick)."""
+    if check_weights(weights, setting) is None:
+        return None
+    if width != 1.0:
+        raise ValueError(f"{setting}: starting weights exist only at width 1.0 (got width={width}); "
+                         f"set the network's width to 1.0 or its weights to null")
+    return _weights_state(arch, weights, setting)
+
+
 def _build_resnet(layers: list[int], arch: str):
-    def build(*, num_classes: int, width: float = 1.0, pretrained: bool = False) -> nn.Module:
-        model = ScaledResNet(layers, width=width, num_classes=1000 if pretrained else num_classes)
-        if pretrained:
-            if width != 1.0:
-                raise ValueError(f"pretrained weights exist only at width 1.0 (got width={width}); "
-                                 "set the network's width to 1.0 or pretrained to false")
-            _load_torchvision_resnet(model, arch)
-            if num_classes != 1000:
-                model.fc = nn.Linear(model.fc.in_features, num_classes)
+    def build(*, num_classes: int, width: float = 1.0, weights: str | None = None) -> nn.Module:
+        setting = f"network.{arch}.weights"
+        start = _starting_state(arch, weights, width, setting)
+        model = ScaledResNet(layers, width=width, num_classes=num_classes)
+        if start is not None:
+            _load_state(model, start[0], arch, start[1], setting)
         return model
     return build
 
 
-def _build_pspnet(*, num_classes: int, width: float = 1.0, pretrained: bool = False) -> nn.Module:
+def _build_pspnet(*, num_classes: int, width: float = 1.0, weights: str | None = None) -> nn.Module:
+    setting = "network.pspnet.weights"
+    start = _starting_state("resnet50", weights, width, setting)
     model = PSPNet(num_classes=num_classes, width=width)
-    if pretrained:  # ImageNet backbone, as in the PSPNet paper
-        if width != 1.0:
-            raise ValueError(f"pretrained weights exist only at width 1.0 (got width={width}); "
-                             "set the network's width to 1.0 or pretrained to false")
-        _load_torchvision_resnet(model.backbone, "resnet50")
+    if start is not None:  # ImageNet ResNet-50 backbone, as in the PSPNet paper; the heads stay random
+        _load_state(model.backbone, start[0], "resnet50", start[1], setting)
     return model
 
 
@@ -232,9 +342,16 @@ def get_spec(name: str) -> NetworkSpec:
     return NETWORKS.lookup(name)
 
 
-def build(name: str, *, num_classes: int, width: float = 1.0, pretrained: bool = False) -> nn.Module:
-    """Build network ``name`` (a float model)."""
+def build(name: str, *, num_classes: int, width: float = 1.0, weights: str | None = None) -> nn.Module:
+    """Build network ``name`` (a float model) via its builder ``builder(num_classes=, width=, weights=)``.
+
+    ``weights`` (``network.<name>.weights``): None = random init; ``"IMAGENET1K_V1"`` /
+    ``"IMAGENET1K_V2"`` = torchvision's ImageNet weights of that name (cached under
+    ``torch.hub.get_dir()``, downloaded when online; ``WeightsUnavailableError`` otherwise); or a path to
+    a ``.pth``/``.pt``/``.bin`` state dict in torchvision's layout (possibly under ``"state_dict"`` or
+    ``"model"``, possibly with DDP's ``module.`` prefix). Weights need width 1.0.
+    """
     spec = get_spec(name)
     if not 0 < width <= 4:
         raise ValueError(f"width must be in (0, 4], got {width}")
-    return spec.builder(num_classes=num_classes, width=width, pretrained=pretrained)
+    return spec.builder(num_classes=num_classes, width=width, weights=weights)

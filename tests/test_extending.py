@@ -36,7 +36,7 @@ def norm_scores(exp, *, method, qmodel, teacher, out, seed) -> Sensitivity:
 
 
 # ---- the toy network ------------------------------------------------------------------------------
-def build_toy(*, num_classes: int, width: float = 1.0, pretrained: bool = False) -> nn.Module:
+def build_toy(*, num_classes: int, width: float = 1.0, weights: str | None = None) -> nn.Module:
     c = max(4, int(16 * width))
     return nn.Sequential(OrderedDict(
         stem=nn.Conv2d(3, c, 3, stride=2, padding=1), r0=nn.ReLU(),
@@ -57,7 +57,7 @@ def toys():
 
 
 def toy_params(tmp_path, embedded):
-    net = dict(width=1.0, input_size=32, batch_size=32, train_size=128, eval_size=64, pretrained=False,
+    net = dict(width=1.0, input_size=32, batch_size=32, train_size=128, eval_size=64, weights=None,
                float_epochs=1, float_lr=0.1, quant_epochs=0.5, quant_lr=0.01)
     path = write_params(tmp_path / "params.yaml", data__root=str(embedded[0]), networks=["toynet"],
                         alps__workers=1, hessian__samples=2, frontier__workers=1, allocate__points=2,
