@@ -13,21 +13,29 @@ one module per concern, re-exported here:
 ``make_loader`` (here) turns a split into a ``DataLoader``: seeded shuffling for
 training, in order for evaluation, one shard per rank under ``torchrun``.
 Every loader's samples follow the one format ``mpq.taskdata`` describes.
+With ``num_workers`` > 0 (paper scale; ``default_workers`` is the automatic
+count) the workers are persistent, prefetch, and are seeded reproducibly; with
+0 (the embedded scale) the loader is the plain single-process one.
 """
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .embedded import EmbeddedDataset, build_embedded, load_embedded
 from .folders import (ADE20K_LABEL_TO_TRAIN, CITYSCAPES_LABEL_TO_TRAIN, ImageFiles, SegmentationFiles,
-                      load_imagenet, load_segmentation, pad_collate)
+                      decode_rgb, imagenet_transforms, load_imagenet, load_segmentation, pad_collate)
 from .taskdata import IGNORE_INDEX, TaskData
 
-__all__ = ["TaskData", "IGNORE_INDEX", "make_loader",
+__all__ = ["TaskData", "IGNORE_INDEX", "make_loader", "default_workers",
            "build_embedded", "load_embedded", "EmbeddedDataset",
            "load_imagenet", "load_segmentation", "ImageFiles", "SegmentationFiles", "pad_collate",
-           "CITYSCAPES_LABEL_TO_TRAIN", "ADE20K_LABEL_TO_TRAIN"]
+           "decode_rgb", "imagenet_transforms", "CITYSCAPES_LABEL_TO_TRAIN", "ADE20K_LABEL_TO_TRAIN"]
+
+MAX_AUTO_WORKERS = 8
 
 
 class _EvalShardSampler(DistributedSampler):
@@ -55,8 +63,34 @@ def _collate_fn(dataset: Dataset):
     return None
 
 
+def default_workers(local_world_size: int = 1) -> int:
+    """The automatic loader worker count per process (a ``data.workers: null`` setting).
+
+    ``min(8, cpus // local_world_size)``, at least 1, where ``cpus`` is the
+    number of CPUs this process may run on (its affinity mask, e.g. a SLURM
+    allocation; ``os.cpu_count()`` where there is none) and
+    ``local_world_size`` the number of processes sharing them (one per GPU
+    under ``torchrun``). 0, single-process loading, when there is one CPU:
+    a worker would only compete with the main process for it.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    if cpus <= 1:
+        return 0
+    return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, local_world_size)))
+
+
+def _worker_seed_generator(seed: int, rank: int) -> torch.Generator:
+    """The generator DataLoader draws its worker base seed from: one per (seed, rank)."""
+    state = np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+
+
 def make_loader(dataset: Dataset, *, batch_size: int, train: bool, seed: int = 0, rank: int = 0,
-                world_size: int = 1, num_workers: int = 0, drop_last: bool | None = None) -> DataLoader:
+                world_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
+                prefetch_factor: int | None = None, drop_last: bool | None = None) -> DataLoader:
     """A DataLoader for one split: shuffled (seeded) for training, in order for evaluation.
 
     With ``world_size`` > 1 each rank reads its own shard through a
@@ -68,15 +102,32 @@ def make_loader(dataset: Dataset, *, batch_size: int, train: bool, seed: int = 0
     Single-process shuffling uses a generator seeded with ``seed``: the epochs
     differ from one another, and a rerun repeats them. ``drop_last`` defaults
     to ``train``. A dataset's ``collate_fn`` attribute (mixed-size segmentation
-    images) is used when present.
+    images) is used when present. ``pin_memory`` is passed through.
+
+    ``num_workers`` 0 loads in the calling process: augmentation draws from
+    torch's global RNG, so ``torch.manual_seed`` reproduces it (the embedded
+    tasks). ``num_workers`` > 0 starts that many worker processes once, kept
+    across epochs (``persistent_workers``), each ``prefetch_factor`` batches
+    ahead (None: 2). DataLoader seeds worker ``i`` with ``base + i``, ``base``
+    drawn once from the loader's generator: the shuffling generator seeded with
+    ``seed`` in a single process; with ``world_size`` > 1 a generator seeded
+    from ``(seed, rank)``, so ranks augment independently. A worker's RNG runs
+    on across epochs and batches go to workers round-robin, so a rerun with the
+    same ``seed`` and ``num_workers`` repeats every training batch; evaluation
+    batches are the same for any ``num_workers``. ``prefetch_factor`` is
+    ignored without workers.
     """
     drop_last = train if drop_last is None else drop_last
     kwargs = dict(batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
-                  collate_fn=_collate_fn(dataset))
+                  collate_fn=_collate_fn(dataset), pin_memory=pin_memory)
+    if num_workers > 0:
+        kwargs.update(persistent_workers=True, prefetch_factor=2 if prefetch_factor is None else prefetch_factor)
     if world_size > 1:
         sampler_cls = DistributedSampler if train else _EvalShardSampler
         sampler = sampler_cls(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
                               drop_last=drop_last)
+        if num_workers > 0:
+            kwargs["generator"] = _worker_seed_generator(seed, rank)
         return DataLoader(dataset, sampler=sampler, **kwargs)
     generator = torch.Generator().manual_seed(seed) if train else None
     return DataLoader(dataset, shuffle=train, generator=generator, **kwargs)
