@@ -17,8 +17,20 @@ Gradients (the LSQ paper, eq. 3 and 5):
   number of activation features of one sample.
 
 The forward/backward pair is one ``torch.autograd.Function`` that keeps only
-``v = x/s`` for the backward pass: this is the cheapest form we measured (see
-``benchmarks/quantized_step.py``).
+``x`` and ``x_hat`` for the backward pass: this is the cheapest form we measured
+(see ``benchmarks/quantized_step.py``).
+
+Mixed precision: under ``torch.autocast`` an activation arrives in bf16/fp16
+while the step is an fp32 parameter. The fake-quant math then runs in fp32 on
+the (exactly) up-cast input, so the codes and the output ``q * s`` are those of
+the fp32 quantizer and the step's gradient is summed in fp32; the output is
+fp32 (the next conv/linear casts it as autocast does any fp32 input) and the
+gradient to ``x`` comes back in ``x``'s dtype. A model converted to one dtype
+as a whole (``model.bfloat16()``, step included) quantizes in that dtype.
+
+No host synchronisation: a forward reads only Python values (bits, the
+activation quantizer's ``initialized``/``signed`` flags are mirrored in plain
+attributes), so it never waits for the GPU.
 """
 from __future__ import annotations
 
@@ -59,6 +71,25 @@ def qrange(bits: int, signed: bool) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _memory_order(t: Tensor) -> tuple[int, ...] | None:
+    """The permutation under which a channels-last ``t`` is contiguous; None for any other layout.
+
+    The backward's dot products pair the elements of several tensors: flattened
+    in this order (a view, not a copy, when they share the layout), they pair
+    the same elements as flattened in logical order.
+    """
+    if t.is_contiguous():
+        return None
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return (0, 2, 3, 1)
+    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d):
+        return (0, 2, 3, 4, 1)
+    return None
+
+
 class _LSQ(torch.autograd.Function):
     """Fake-quantize with LSQ gradients. ``step`` is a scalar or per-channel ``(C, 1, ...)``.
 
@@ -73,11 +104,21 @@ class _LSQ(torch.autograd.Function):
         dL/dx  = g * inside
         dL/ds  = gs * sum(g * (q - v * inside)),  q = x_hat / s, v = x / s
                = gs / s * (<g, x_hat> - <dL/dx, x>)       (two dot products)
+
+    A bf16/fp16 ``x`` with a step of another dtype (autocast) is quantized in
+    fp32: ``x`` is up-cast (exactly) for the math, the output is fp32 and the
+    gradients come back in the dtypes of ``x`` and ``step``. The dot products
+    of channels-last tensors run over them in memory order (no copies).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, step: Tensor, qn: int, qp: int, grad_scale: float) -> Tensor:
-        out = (x * step.reciprocal()).round_().clamp_(-qn, qp).mul_(step)
+        r = step.reciprocal()
+        if x.dtype in _HALF and step.dtype != x.dtype and r.dim() == 0:
+            # a 0-dim step would not promote x: as a (1, ..., 1) tensor it does, so the product
+            # is computed (and written) in fp32 in one pass, from the exactly up-cast x
+            r = r.reshape((1,) * x.dim())
+        out = (x * r).round_().clamp_(-qn, qp).mul_(step)
         ctx.save_for_backward(x, step, out)
         ctx.qn, ctx.qp, ctx.grad_scale = qn, qp, grad_scale
         return out
@@ -85,17 +126,24 @@ class _LSQ(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, step, out = ctx.saved_tensors
+        x_dtype = x.dtype
+        x = x.to(out.dtype)  # the identity, unless a half-precision x was quantized in fp32
+        grad = grad.to(out.dtype)
         inside = (x >= -ctx.qn * step) & (x <= ctx.qp * step)
         grad_x = grad * inside
         grad_step = None
         if ctx.needs_input_grad[1]:
+            perm = _memory_order(out)
+            g, o, gx, xx = (grad, out, grad_x, x) if perm is None else \
+                (t.permute(perm) for t in (grad, out, grad_x, x))
             if step.numel() == 1:
-                dot = (grad.flatten() @ out.flatten()) - (grad_x.flatten() @ x.flatten())
+                dot = (g.flatten() @ o.flatten()) - (gx.flatten() @ xx.flatten())
                 grad_step = (dot * ctx.grad_scale / step).reshape(step.shape)
             else:  # per-channel: one dot product per channel (dim 0)
-                dot = (grad.flatten(1) * out.flatten(1)).sum(1) - (grad_x.flatten(1) * x.flatten(1)).sum(1)
+                dot = (g.flatten(1) * o.flatten(1)).sum(1) - (gx.flatten(1) * xx.flatten(1)).sum(1)
                 grad_step = (dot * ctx.grad_scale).view_as(step) / step
-        return grad_x if ctx.needs_input_grad[0] else None, grad_step, None, None, None
+            grad_step = grad_step.to(step.dtype)
+        return grad_x.to(x_dtype) if ctx.needs_input_grad[0] else None, grad_step, None, None, None
 
 
 def lsq_quantize(
@@ -105,7 +153,9 @@ def lsq_quantize(
 
     ``step`` is a scalar tensor or broadcasts against ``x`` (per-channel).
     ``grad_scale`` defaults to ``1/sqrt(x.numel() * Q_P)`` (the LSQ weight rule).
-    Forward: ``round(clamp(x/step, -Q_N, Q_P)) * step``.
+    Forward: ``round(clamp(x/step, -Q_N, Q_P)) * step``. A bf16/fp16 ``x`` with
+    an fp32 step (autocast) is quantized in fp32 and gives an fp32 output (see
+    ``_LSQ``).
     """
     qn, qp = qrange(bits, signed)
     if grad_scale is None:
@@ -173,7 +223,16 @@ class ActQuantizer(nn.Module):
     unsigned if that batch has no negative value (the input follows a ReLU),
     signed otherwise. ``mean|x|`` of that batch is kept, so that a later change
     of ``bits`` re-initialises the step without data.
+
+    ``initialized`` and ``signed`` are buffers (they travel in checkpoints) with
+    Python mirrors that ``forward`` reads instead, so that it never waits for
+    the GPU: the mirrors are set by the calibration and by ``load_state_dict``
+    (and copied by ``deepcopy``/pickling; ``.to()`` keeps them). Code that
+    writes the buffers in place otherwise calls ``refresh_flags()``.
     """
+
+    # (initialized, signed) mirrored from the buffers; None: not read yet (refreshed at first use)
+    _flags: tuple[bool, bool] | None = None
 
     def __init__(self, bits: int | None):
         super().__init__()
@@ -182,27 +241,47 @@ class ActQuantizer(nn.Module):
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.register_buffer("signed", torch.zeros((), dtype=torch.bool))
         self.register_buffer("abs_mean", torch.zeros(()))
+        self._flags = (False, False)
+
+    def refresh_flags(self) -> tuple[bool, bool]:
+        """Read the ``initialized`` and ``signed`` buffers into their Python mirrors (one host sync)."""
+        if self.initialized.is_meta or self.signed.is_meta:  # no values yet: read at first use
+            self._flags = None
+            return False, False
+        self._flags = (bool(self.initialized), bool(self.signed))
+        return self._flags
+
+    def _get_flags(self) -> tuple[bool, bool]:
+        return self._flags if self._flags is not None else self.refresh_flags()
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.refresh_flags()
 
     def init_step(self) -> None:
         """Re-initialise the step for the current bits from the stored ``mean|x|``."""
-        if self.bits is None or not bool(self.initialized):
+        initialized, signed = self._get_flags()
+        if self.bits is None or not initialized:
             return
         with torch.no_grad():
-            self.step.copy_(lsq_init_step(self.abs_mean, self.bits, bool(self.signed)).clamp_min(1e-8))
+            self.step.copy_(lsq_init_step(self.abs_mean, self.bits, signed).clamp_min(1e-8))
 
     @torch.no_grad()
     def _calibrate(self, x: Tensor) -> None:
-        self.signed.fill_(bool((x < 0).any()))
-        self.abs_mean.copy_(x.abs().mean())
+        signed = bool((x < 0).any())  # the one host sync, at the first batch only
+        self.signed.fill_(signed)
+        self.abs_mean.copy_(x.float().abs().mean())  # .float(): the identity for fp32 x
         self.initialized.fill_(True)
+        self._flags = (True, signed)
         self.init_step()
 
     def forward(self, x: Tensor) -> Tensor:
         if self.bits is None:
             return x
-        if not bool(self.initialized):
+        initialized, signed = self._get_flags()
+        if not initialized:
             self._calibrate(x)
-        signed = bool(self.signed)
+            signed = self._flags[1]
         _, qp = qrange(self.bits, signed)
         n = x[0].numel() if x.dim() > 1 else x.numel()  # features of one sample
         return lsq_quantize(x, self.step, bits=self.bits, signed=signed,

@@ -17,24 +17,47 @@ Optional distillation from a float teacher (the quantized fine-tunes use it):
 Failed training is caught: ``fit`` stops at a non-finite loss
 (``FloatingPointError``), and ``chance_floor`` is the metric below which a
 model is no better than one that ignores its input (``TrainingCollapsed``).
+
+GPU speed (all off by default; the default path is the fp32 arithmetic of
+earlier versions, bit for bit):
+- ``precision="bf16"``: forward and loss (and the teacher's forward) under
+  ``torch.autocast(device_type, torch.bfloat16)``; the logits are cast to fp32
+  before the loss, so cross-entropy and KL are computed in fp32 (the LSQ
+  quantizers quantize in fp32 too: ``mpq.quantizers``). Works on CPU as well.
+- ``channels_last=True``: the model (and the teacher) and 4-D inputs in
+  ``torch.channels_last`` memory format; the model is left in that format.
+- ``compile=True`` (``fit``): the forward runs through ``torch.compile`` of the
+  module called (a DDP wrapper is compiled as a whole; the teacher runs eager).
+  The LSQ Function compiles without graph breaks; the first steps pay the
+  compilation (``benchmarks/quantized_step.py --compile`` measures it).
+- No host synchronisation per step: the losses stay on the device and are read
+  (and checked for a non-finite value) every ``sync_every`` steps and at the
+  end; the progress bar shows the loss at those reads. A non-finite loss thus
+  stops the run at the next read, up to ``sync_every - 1`` steps after it.
+  ``evaluate`` adds no sync of its own either (``Accuracy`` counts on the
+  device; ``MeanIoU`` checks its label ranges per batch).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import resume
 from .metrics import Accuracy, MeanIoU
 
 __all__ = ["FitSettings", "fit", "evaluate", "resolve_device", "param_groups", "lr_at", "TASKS",
-           "TrainingCollapsed", "chance_floor"]
+           "PRECISIONS", "TrainingCollapsed", "chance_floor", "autocast", "to_channels_last"]
 
 TASKS = ("classification", "segmentation")
+PRECISIONS = ("fp32", "bf16")
 
 
 class TrainingCollapsed(RuntimeError):
@@ -74,6 +97,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def autocast(device: torch.device | str, precision: str):
+    """The context a forward (and loss) runs in: none for ``fp32``, bf16 autocast for ``bf16``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def to_channels_last(x: Tensor) -> Tensor:
+    """A 4-D tensor in ``torch.channels_last`` memory format; any other tensor as it is."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
 @dataclass(frozen=True)
 class FitSettings:
     epochs: float
@@ -110,9 +147,12 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 
 def _loss(out, y: Tensor, task: str, s: FitSettings, teacher_out=None) -> Tensor:
+    """The training loss, in fp32: the logits are cast with ``.float()`` (the identity for fp32 ones)."""
     aux = None
     if isinstance(out, tuple):
         out, aux = out
+        aux = aux.float()
+    out = out.float()
     if task == "classification":
         loss = F.cross_entropy(out, y, label_smoothing=s.label_smoothing)
     else:
@@ -122,6 +162,7 @@ def _loss(out, y: Tensor, task: str, s: FitSettings, teacher_out=None) -> Tensor
     if teacher_out is not None and s.distill > 0:
         if isinstance(teacher_out, tuple):
             teacher_out = teacher_out[0]
+        teacher_out = teacher_out.float()
         # KL over the class dim, averaged over samples (and pixels)
         kl = F.kl_div(F.log_softmax(out, 1), F.log_softmax(teacher_out, 1), log_target=True,
                       reduction="none").sum(1).mean()
@@ -129,74 +170,159 @@ def _loss(out, y: Tensor, task: str, s: FitSettings, teacher_out=None) -> Tensor
     return loss
 
 
-def _batches(loader, total_steps: int):
-    """Yield ``total_steps`` batches, cycling the loader (fractional epochs allowed)."""
-    epoch, done = 0, 0
+def _batches(loader, total_steps: int, *, start: int = 0, epoch: int = 0, batch: int = 0,
+             generator_state: Tensor | None = None):
+    """Yield ``(epoch, index in the epoch, generator state at the epoch's start, batch)`` until
+    ``total_steps`` batches have been drawn, cycling the loader (fractional epochs allowed).
+
+    Resuming (``mpq.resume``): ``start`` steps are done and the next batch is
+    batch ``batch`` of epoch ``epoch``, whose shuffle starts from the loader
+    generator's ``generator_state``; the epoch's first ``batch`` batches are
+    skipped without being loaded.
+    """
+    done = start
+    gen = getattr(loader, "generator", None)
     while done < total_steps:
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
-        for batch in loader:
-            yield batch
+        if gen is not None and generator_state is not None:
+            gen.set_state(generator_state)
+        epoch_state = gen.get_state() if gen is not None else None
+        source = resume.skip_batches(loader, batch) if batch else loader
+        for i, item in enumerate(source, start=batch):
+            yield epoch, i, epoch_state, item
             done += 1
             if done >= total_steps:
                 return
-        epoch += 1
+        epoch, batch, generator_state = epoch + 1, 0, None
+
+
+def _check_losses(pending: list[Tensor], losses: list[float], first: int, desc: str) -> None:
+    """Read the losses of steps ``first..`` (one host sync) into ``losses``; raise at a non-finite one."""
+    values = torch.stack(pending).tolist()
+    pending.clear()
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            last = first + len(values) - 1
+            raise FloatingPointError(f"{desc}: loss became {v} at step {first + i} (read at the check of "
+                                     f"steps {first}-{last}); lower the lr")
+    losses.extend(values)
 
 
 def fit(model: nn.Module, loader, *, task: str, settings: FitSettings, device: torch.device | str = "cpu",
-        teacher: nn.Module | None = None, progress: bool = True, desc: str = "train") -> dict:
-    """Train ``model`` in place; return ``{"steps", "seconds", "loss"}`` (last-epoch mean loss)."""
+        teacher: nn.Module | None = None, progress: bool = True, desc: str = "train",
+        precision: str = "fp32", channels_last: bool = False, compile: bool = False,
+        sync_every: int = 50, checkpoint: str | Path | None = None, checkpoint_key: str = "",
+        checkpoint_steps: int = 0, checkpoint_writer: bool = True) -> dict:
+    """Train ``model`` in place; return ``{"steps", "seconds", "loss"}`` (last-epoch mean loss).
+
+    ``precision`` (``fp32`` | ``bf16``), ``channels_last`` and ``compile`` are
+    the speed options of the module docstring; the losses are read from the
+    device every ``sync_every`` steps and at the end (a non-finite one raises
+    ``FloatingPointError`` naming its step). ``seconds`` includes any
+    compilation.
+
+    ``checkpoint``: a file for a resumable fit (``mpq.resume``). When it holds a
+    training checkpoint with ``checkpoint_key``, the fit resumes after its
+    step (``seconds`` then counts this call only); the fit writes one at the
+    end of every epoch but the last and, with ``checkpoint_steps > 0``, every
+    that many steps (``checkpoint_writer``: whether this process writes, e.g.
+    rank 0 of a DDP run), and removes it when it ends.
+    """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: choose one of {TASKS}")
+    if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1:
+        raise ValueError(f"sync_every must be an integer >= 1, got {sync_every!r}")
     if len(loader) == 0:
         raise ValueError("the training loader has no batches: use a larger train split or a smaller batch_size")
     device = torch.device(device)
+    amp = autocast(device, precision)  # validates precision
     total = max(1, round(settings.epochs * len(loader))) if settings.epochs > 0 else 0
     if total == 0:
         return {"steps": 0, "seconds": 0.0, "loss": float("nan")}
     warmup = round(settings.warmup_epochs * len(loader))
     opt = torch.optim.SGD(param_groups(model, settings.weight_decay), lr=settings.lr,
                           momentum=settings.momentum, nesterov=settings.momentum > 0)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher.to(memory_format=torch.channels_last)
     if teacher is not None:
         teacher.eval()
     model.train()
-    t0, losses = time.perf_counter(), []
-    bar = tqdm(_batches(loader, total), total=total, desc=desc, disable=not progress, leave=False)
-    for step, (x, y) in enumerate(bar):
+    forward = torch.compile(model) if compile else model
+    t0, losses, pending = time.perf_counter(), [], []
+    state = resume.load(checkpoint, checkpoint_key) if checkpoint is not None else None
+    position: dict = {}
+    if state is not None:
+        resume.unwrap(model).load_state_dict(state.model)
+        opt.load_state_dict(state.optimizer)
+        losses = list(state.epoch_losses)
+        torch.set_rng_state(state.rng)
+        if state.cuda_rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state.cuda_rng)
+        position = dict(start=state.step, epoch=state.epoch, batch=state.batch, generator_state=state.generator)
+    first = position.get("start", 0)
+    n = len(loader)
+    batches = _batches(loader, total, **position)
+    bar = tqdm(batches, total=total, initial=first, desc=desc, disable=not progress, leave=False)
+    for step, (epoch, index, epoch_state, (x, y)) in enumerate(bar, start=first):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, warmup, settings.lr)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = to_channels_last(x)
         t_out = None
-        if teacher is not None and settings.distill > 0:
-            with torch.no_grad():
-                t_out = teacher(x)
-        loss = _loss(model(x), y, task, settings, t_out)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower the lr")
+        with amp:
+            if teacher is not None and settings.distill > 0:
+                with torch.no_grad():
+                    t_out = teacher(x)
+            loss = _loss(forward(x), y, task, settings, t_out)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
-        if step % 10 == 0:
+        pending.append(loss.detach())
+        epoch_end = index == n - 1
+        save = checkpoint is not None and step + 1 < total and (
+            epoch_end or (checkpoint_steps > 0 and (step + 1) % checkpoint_steps == 0))
+        if len(pending) == sync_every or step == total - 1 or save:
+            _check_losses(pending, losses, first, desc)
+            first = step + 1
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    tail = losses[-len(loader):]
+        if save and checkpoint_writer:
+            gen = getattr(loader, "generator", None)
+            resume.save(checkpoint, resume.TrainCheckpoint(
+                # the epoch and its batches done (all of them at an epoch's end: a resume then
+                # replays the sampler's whole pass, whose last draws come after the last batch)
+                key=checkpoint_key, step=step + 1, epoch=epoch, batch=index + 1,
+                model=resume.unwrap(model).state_dict(), optimizer=opt.state_dict(), epoch_losses=losses[-n:],
+                generator=epoch_state if gen is not None else None,
+                rng=torch.get_rng_state(),
+                cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []))
+    if checkpoint is not None and checkpoint_writer:
+        Path(checkpoint).unlink(missing_ok=True)
+    tail = losses[-n:]
     return {"steps": total, "seconds": time.perf_counter() - t0, "loss": sum(tail) / len(tail)}
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, *, task: str, num_classes: int, ignore_index: int = 255,
              device: torch.device | str = "cpu", max_batches: int | None = None,
-             across_ranks: bool = True) -> float:
+             across_ranks: bool = True, precision: str = "fp32", channels_last: bool = False) -> float:
     """Top-1 accuracy (classification) or mIoU (segmentation), in percent.
 
     Under ``torch.distributed`` the counts are summed over the ranks (each rank
     evaluated its shard of one model); ``across_ranks=False`` keeps them local,
     for ranks that each evaluate a *different* model (``mpq.jobs``).
+    ``precision`` and ``channels_last`` as in ``fit``.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: choose one of {TASKS}")
     device = torch.device(device)
+    amp = autocast(device, precision)  # validates precision
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     was_training = model.training
     model.eval()
     meter = Accuracy() if task == "classification" else MeanIoU(num_classes, ignore_index)
@@ -204,7 +330,11 @@ def evaluate(model: nn.Module, loader, *, task: str, num_classes: int, ignore_in
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        out = model(x.to(device, non_blocking=True))
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = to_channels_last(x)
+        with amp:
+            out = model(x)
         meter.update(out.argmax(1), y.to(device, non_blocking=True))
         n += 1
     model.train(was_training)
