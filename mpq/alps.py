@@ -44,6 +44,7 @@ overwritten, and so is a corrupt or truncated one.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -138,8 +139,9 @@ def scores(ctx: jobs.JobContext, *, low_bits: int = 2, seed: int = 0, layers: Se
     bits_to, score, metric, reference_metric, train_loss, seconds, worker``
     (``train_loss``: the job's mean fine-tune loss over its last epoch, NaN
     without a fine-tune; ``seconds``: that job's wall time; ``worker``: who ran
-    it), and whose cost record counts only the jobs computed by this call
-    (``meta`` has ``jobs_run`` and ``jobs_reused``). Forward passes count the
+    it), and whose cost record sums what every job's record says it took,
+    computed by this call or reused (``job_seconds``; ``meta`` has ``jobs_run``
+    and ``jobs_reused``), so reading finished records never erases the cost. Forward passes count the
     samples through the student (fine-tune and validation) plus through the
     teacher when distilling; backward passes count the fine-tune samples.
 
@@ -185,8 +187,6 @@ def scores(ctx: jobs.JobContext, *, low_bits: int = 2, seed: int = 0, layers: Se
     records, stats = jobs.run(dataclasses.replace(ctx, base_key=key), job_list, workers=workers,
                               threads=threads, progress=progress, desc=f"{method} jobs")
     jobs_run, jobs_reused = stats["run"], stats["reused"]
-    train_samples, val_samples, teacher_samples = (stats["train_samples"], stats["eval_samples"],
-                                                   stats["teacher_samples"])
 
     reference = records[REFERENCE]
     ref = reference["metric"]
@@ -201,14 +201,25 @@ def scores(ctx: jobs.JobContext, *, low_bits: int = 2, seed: int = 0, layers: Se
         "seconds": [records[name]["seconds"] for name in layers],
         "worker": [records[name]["worker"] for name in layers],
     })
-    devices = stats["devices"] or [device_name(torch.device(ctx.device))]
-    epochs = float(settings.epochs) * jobs_run
+    # the cost is what the jobs' records say they took, reused or not: re-reading records (a
+    # `dvc repro` after a torchrun run) reports the compute that was spent, not the re-reading
+    every = [records[job.name] for job in job_list]
+    job_seconds = math.fsum(float(r["seconds"]) for r in every)
+    devices = sorted({str(r["device"]) for r in every}) or [device_name(torch.device(ctx.device))]
+    # processes that shared the work: this call's, or the ones named in the records (e.g. 8 ranks)
+    workers = max(int(stats["workers"]) if jobs_run else 1, len({str(r["worker"]) for r in every}))
+    train_samples, val_samples, teacher_samples = (sum(int(r[f]) for r in every) for f in
+                                                   ("train_samples", "eval_samples", "teacher_samples"))
+    wall = time.perf_counter() - t_start if jobs_reused == 0 else job_seconds / workers
     notes = (f"jobs_run={jobs_run} jobs_reused={jobs_reused} (reference + {len(layers)} layers), "
-             f"{settings.epochs} epochs per job; forward = student fine-tune + validation samples"
-             f" + teacher samples ({teacher_samples}), backward = fine-tune samples")
-    cost = CostRecord(method=method, seconds=time.perf_counter() - t_start, device=" | ".join(devices),
-                      workers=stats["workers"], forward_passes=train_samples + val_samples + teacher_samples,
-                      backward_passes=train_samples, epochs=epochs, notes=notes)
+             f"{settings.epochs} epochs per job; cost summed over all {len(every)} job records (reused "
+             f"ones included){'' if jobs_reused == 0 else '; seconds = their sum / workers'}; forward = "
+             f"student fine-tune + validation samples + teacher samples ({teacher_samples}), backward = "
+             f"fine-tune samples")
+    cost = CostRecord(method=method, seconds=wall, device=" | ".join(devices), workers=workers,
+                      forward_passes=train_samples + val_samples + teacher_samples,
+                      backward_passes=train_samples, epochs=float(settings.epochs) * len(every), notes=notes,
+                      job_seconds=job_seconds)
     meta = {"jobs_run": jobs_run, "jobs_reused": jobs_reused, "jobs_total": len(job_list),
             "reference_metric": ref, "reference_train_loss": reference["train_loss"],
             "reference_seconds": reference["seconds"],

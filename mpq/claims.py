@@ -22,6 +22,7 @@ import pandas as pd
 from . import methods
 from .networks import NETWORKS
 from .results import NetworkResults
+from .sensitivity import CostRecord
 
 __all__ = ["CLAIMS", "PAPER_CHEAP_METHOD", "network_facts", "recovers_at", "claim_recovery", "claim_frontier",
            "claim_segmentation", "claim_compute", "claims", "claim_networks", "mixes", "title", "ratio",
@@ -87,7 +88,7 @@ def network_facts(net: NetworkResults, summary: pd.DataFrame) -> dict[str, Any]:
     auc = {m: float(summary.loc[summary.method == m, "auc"].iloc[0]) for m in methods
            if (summary.method == m).any()}
     return {"float": net.float_metric, "curves": {m: mixes(summary, m) for m in methods}, "auc": auc,
-            "device_seconds": {m: float(c["seconds"]) * int(c.get("workers", 1) or 1) for m, c in net.costs.items()}}
+            "device_seconds": {m: CostRecord(**c).device_seconds for m, c in net.costs.items()}}
 
 
 def _verdict(passes: Sequence[bool], missing: Sequence[str]) -> str:

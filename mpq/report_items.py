@@ -26,7 +26,7 @@ from .claims import PAPER_CHEAP_METHOD, mixes, ratio, recovers_at
 from .frontier import UNIFORM
 from .quantizers import lsq_init_step
 from .results import NetworkResults
-from .sensitivity import allocator_table
+from .sensitivity import CostRecord, allocator_table
 
 __all__ = ["ABLATION_COSTS", "reference_method", "profiles", "rank_correlations", "compute_table", "headline",
            "matched", "ablation", "metrics", "clean", "device_seconds", "profiled_methods", "additivity", "LAYER_COUNT",
@@ -50,8 +50,8 @@ def profiled_methods() -> list[str]:
 
 
 def device_seconds(record: Mapping[str, Any]) -> float:
-    """Device-seconds of a cost record: wall seconds x workers."""
-    return float(record["seconds"]) * int(record.get("workers", 1) or 1)
+    """Device-seconds of a cost record (a ``CostRecord`` as a mapping): see ``CostRecord.device_seconds``."""
+    return CostRecord(**record).device_seconds
 
 
 def _low_set(bits: Mapping[str, int], low_bits: int) -> set[str]:

@@ -77,11 +77,18 @@ class CostRecord:
     epochs: float = 0.0            # training epochs spent (over all layer jobs)
     host: str = field(default_factory=socket.gethostname)
     notes: str = ""
+    job_seconds: float | None = None  # methods made of jobs: their recorded seconds, summed (see below)
 
     @property
     def device_seconds(self) -> float:
-        """Seconds of device time: wall time x workers (GPU-hours at paper scale / 3600)."""
-        return self.seconds * self.workers
+        """Seconds of device time (GPU-hours at paper scale = this / 3600).
+
+        Methods made of jobs (ALPS, no-FT) count what their jobs' records say
+        they took, summed (``job_seconds``), whichever run computed them, so a
+        rerun that reuses the records reports the cost that was spent, not the
+        seconds of reading them; other methods: wall time x workers.
+        """
+        return self.job_seconds if self.job_seconds is not None else self.seconds * self.workers
 
 
 @dataclass

@@ -129,6 +129,8 @@ def test_table_scores_and_cost(setup):
     assert s.cost.backward_passes == 4 * N_TRAIN and s.cost.forward_passes == 4 * (N_TRAIN + N_VAL)
     assert s.meta["jobs_run"] == 4 and s.meta["jobs_reused"] == 0 and s.cost.seconds > 0
     assert s.cost.device.startswith("cpu")
+    # device time: the jobs' own seconds, summed (not wall time x workers)
+    assert s.cost.device_seconds == pytest.approx(s.table["seconds"].sum() + s.meta["reference_seconds"])
 
 
 def test_same_seed_same_table(setup):
@@ -149,12 +151,19 @@ def test_resume_after_interrupt_skips_finished_jobs(setup, tmp_path, monkeypatch
     assert calls == ["block.conv2", "conv3"]  # the finished jobs are not recomputed
     assert all(mtimes(tmp_path)[name] == t for name, t in done.items())
     pd.testing.assert_frame_equal(resumed.table[DETERMINISTIC], full.table[DETERMINISTIC])
-    assert resumed.meta["jobs_run"] == 2 and resumed.meta["jobs_reused"] == 2 and resumed.cost.epochs == 2
-    # a rerun of a finished run computes nothing and returns the identical table (seconds included)
+    assert resumed.meta["jobs_run"] == 2 and resumed.meta["jobs_reused"] == 2
+    # the cost counts every job's record, reused or computed: what the whole run spent
+    assert resumed.cost.epochs == 4 and resumed.cost.backward_passes == full.cost.backward_passes
+    assert resumed.cost.job_seconds == pytest.approx(resumed.table["seconds"].sum() + resumed.meta["reference_seconds"])
+    # a rerun of a finished run computes nothing, returns the identical table (seconds included)
+    # and the identical cost: re-reading the records never erases what the jobs took
     calls.clear()
     again = run(setup, record_dir=str(tmp_path))
-    assert calls == [] and again.cost.epochs == 0 and again.cost.backward_passes == 0
+    assert calls == [] and again.meta["jobs_run"] == 0
     pd.testing.assert_frame_equal(again.table, resumed.table)
+    assert again.cost.device_seconds == resumed.cost.device_seconds > 0
+    assert (again.cost.epochs, again.cost.backward_passes, again.cost.forward_passes, again.cost.device) == (
+        resumed.cost.epochs, resumed.cost.backward_passes, resumed.cost.forward_passes, resumed.cost.device)
     # a subset of layers reuses the same records
     sub = run(setup, record_dir=str(tmp_path), layers=["conv3"])
     assert calls == [] and list(sub.table["layer"]) == ["conv3"]
