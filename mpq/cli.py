@@ -266,8 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _init_distributed() -> None:
-    """Under ``torchrun`` (WORLD_SIZE > 1): join the process group (NCCL on GPUs, gloo on CPUs)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    """Under ``torchrun`` (it sets WORLD_SIZE, even to 1): join the process group (NCCL on GPUs, gloo on CPUs).
+
+    A group of one rank (``--nproc_per_node=1``) runs the distributed code path on one device,
+    which is how ``benchmarks/gpu_check.sh`` checks NCCL on a single GPU."""
+    if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
         import torch
         import torch.distributed as dist
 

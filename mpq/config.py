@@ -29,14 +29,16 @@ from . import methods
 from .cost import COSTS
 from .errors import ConfigError
 from .errors import check as _check
-from .networks import NETWORKS
+from .networks import NETWORKS, TORCHVISION_WEIGHTS, check_weights
 
 __all__ = ["ConfigError", "Config", "NetworkConfig", "ReportConfig", "load", "from_dict", "merge",
-           "DEFAULT_PARAMS", "PRESETS", "SCALES"]
+           "DEFAULT_PARAMS", "PRESETS", "SCALES", "VAL_DATASETS", "TORCHVISION_WEIGHTS", "PRECISIONS"]
 
 DEFAULT_PARAMS = "params.yaml"
 PRESETS = "presets"              # overlay folder, beside the params file
 SCALES = ("tiny", "embedded", "paper")
+VAL_DATASETS = ("imagenet", "cityscapes", "ade20k")  # the keys of data.val_size
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -45,22 +47,32 @@ class DataConfig:
     imagenet: str | None         # paper scale: ImageNet folder with train/ and val/
     segmentation: str | None     # paper scale: Cityscapes or ADE20K folder
     segmentation_format: str     # cityscapes | ade20k
-    val_size: int                # paper scale: validation images carved from train
+    val_size: dict[str, int]     # paper scale, per dataset: validation images carved from its training set
+    workers: int | None          # loader worker processes per rank (null: auto, mpq.data.default_workers)
+    prefetch: int                # batches each loader worker prepares ahead
 
     def validate(self, key: str) -> None:
-        _check(self.segmentation_format in ("cityscapes", "ade20k"), f"{key}.segmentation_format",
+        _check(self.segmentation_format in VAL_DATASETS[1:], f"{key}.segmentation_format",
                f"must be 'cityscapes' or 'ade20k', got {self.segmentation_format!r}")
-        _check(self.val_size > 0, f"{key}.val_size", f"must be > 0, got {self.val_size}")
+        for name in VAL_DATASETS:
+            _check(name in self.val_size, f"{key}.val_size.{name}", "missing: every paper-scale dataset "
+                   f"needs its validation size ({', '.join(VAL_DATASETS)})")
+        for name, n in self.val_size.items():
+            _check(name in VAL_DATASETS, f"{key}.val_size.{name}", f"unknown dataset; expected {list(VAL_DATASETS)}")
+            _check(n > 0, f"{key}.val_size.{name}", f"must be > 0, got {n}")
+        _check(self.workers is None or self.workers >= 0, f"{key}.workers",
+               f"must be null (auto) or >= 0, got {self.workers}")
+        _check(self.prefetch >= 1, f"{key}.prefetch", f"must be >= 1, got {self.prefetch}")
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
     width: float                 # width multiplier (1.0 = torchvision's network)
     input_size: int              # training/eval input side in pixels
-    batch_size: int
+    batch_size: int              # the global batch: split over the ranks under torchrun
     train_size: int | None       # use only the first N training samples (None: all)
     eval_size: int | None        # use only the first N validation and test samples (None: all)
-    pretrained: bool             # torchvision ImageNet weights (width 1.0 only)
+    weights: str | None          # null (train from scratch), IMAGENET1K_V1, IMAGENET1K_V2 or a local file
     float_epochs: float          # float training (0 with pretrained weights)
     float_lr: float
     quant_epochs: float          # LSQ fine-tune of the uniform baselines and the frontier
@@ -74,10 +86,14 @@ class NetworkConfig:
                f"must be null or >= batch_size, got {self.train_size}")
         _check(self.eval_size is None or self.eval_size >= 1, f"{key}.eval_size",
                f"must be null or >= 1, got {self.eval_size}")
-        _check(not self.pretrained or self.width == 1.0, f"{key}.pretrained",
+        try:
+            check_weights(self.weights, f"{key}.weights")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        _check(self.weights is None or self.width == 1.0, f"{key}.weights",
                "pretrained weights need width 1.0")
-        _check(self.float_epochs > 0 or self.pretrained, f"{key}.float_epochs",
-               "must be > 0 unless pretrained is true")
+        _check(self.float_epochs > 0 or self.weights is not None, f"{key}.float_epochs",
+               "must be > 0 unless weights are set")
         for k in ("float_epochs", "quant_epochs"):
             _check(getattr(self, k) >= 0, f"{key}.{k}", f"must be >= 0, got {getattr(self, k)}")
         for k in ("float_lr", "quant_lr"):
@@ -92,14 +108,37 @@ class TrainConfig:
     distill: float               # weight of distillation from the float model (0 = off)
     aux_weight: float            # segmentation: weight of the auxiliary head's loss
     label_smoothing: float
+    checkpoint_steps: int        # mid-training checkpoint every this many steps (0: at epoch ends only)
 
     def validate(self, key: str) -> None:
+        _check(self.checkpoint_steps >= 0, f"{key}.checkpoint_steps",
+               f"must be >= 0 (0: checkpoint at epoch ends only), got {self.checkpoint_steps}")
         _check(0 <= self.momentum < 1, f"{key}.momentum", f"must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
         _check(self.warmup_epochs >= 0, f"{key}.warmup_epochs", "must be >= 0")
         _check(0 <= self.distill <= 1, f"{key}.distill", f"must be in [0, 1], got {self.distill}")
         _check(self.aux_weight >= 0, f"{key}.aux_weight", "must be >= 0")
         _check(0 <= self.label_smoothing < 1, f"{key}.label_smoothing", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """How a GPU runs the same recipe; on a CPU only ``precision: bf16`` changes anything."""
+
+    precision: str               # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    channels_last: bool          # CUDA: models and images in channels-last memory format
+    cudnn_benchmark: bool        # CUDA: let cuDNN pick the fastest kernels per shape
+    compile: bool                # torch.compile the trained model (see docs/paper_scale.md)
+
+    def validate(self, key: str) -> None:
+        _check(self.precision in PRECISIONS, f"{key}.precision",
+               f"must be one of {list(PRECISIONS)}, got {self.precision!r}")
+
+    def resolved_precision(self, device: Any) -> str:
+        """``fp32`` or ``bf16`` on ``device``: ``auto`` is bf16 on CUDA, fp32 elsewhere."""
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if str(device).startswith("cuda") else "fp32"
 
 
 @dataclass(frozen=True)
@@ -162,6 +201,7 @@ class Config:
     threads: int                 # torch CPU threads per process (0: torch's default)
     networks: tuple[str, ...]    # the networks the pipeline runs
     data: DataConfig
+    speed: SpeedConfig
     train: TrainConfig
     quant: QuantConfig
     network: dict[str, NetworkConfig]
@@ -190,7 +230,7 @@ class Config:
         for n, nc in self.network.items():
             _check(n in NETWORKS, f"network.{n}", f"unknown network; choose from {sorted(NETWORKS)}")
             nc.validate(f"network.{n}")
-        for name in ("data", "train", "quant", "allocate", "frontier", "report"):
+        for name in ("data", "speed", "train", "quant", "allocate", "frontier", "report"):
             getattr(self, name).validate(name)
         for name, section in self.methods.items():
             section.validate(name)
@@ -218,7 +258,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        for tp_i in inner[:-1]:  # the first member type that accepts the value
+            try:
+                return _coerce(tp_i, value, key)
+            except ConfigError:
+                pass
+        return _coerce(inner[-1], value, key)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if origin is tuple:

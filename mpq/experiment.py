@@ -29,9 +29,9 @@ from torch.utils.data import Subset
 from . import atomic, checkpoint, data, methods, paths
 from .config import Config, ConfigError
 from .lock import folder_lock
-from .networks import build, get_spec
+from .networks import build, eval_resize, get_spec
 from .quantized import calibrate, candidate_layers, get_bits, quantize, set_bits
-from .sensitivity import Sensitivity, inputs_identity
+from .sensitivity import Sensitivity, device_name, inputs_identity
 from .train import FitSettings, TrainingCollapsed, chance_floor, evaluate, fit, resolve_device
 
 __all__ = ["Experiment", "setup_torch", "task_data", "world", "barrier"]
@@ -41,7 +41,9 @@ def task_data(cfg: Config, network: str) -> data.TaskData:
     """The splits for ``network``'s task at the preset's scale, cut to ``train_size``/``eval_size``.
 
     Embedded/tiny: the .npy data under ``data.root``. Paper: ImageNet or the
-    segmentation folder named in ``data`` (a missing folder is a clear error).
+    segmentation folder named in ``data`` (a missing folder is a clear error),
+    each with its own ``data.val_size.<dataset>``; ImageNet is evaluated at the
+    resize of the network's weights (``mpq.networks.eval_resize``).
     """
     task, net = get_spec(network).task, cfg.net(network)
     if cfg.scale != "paper":
@@ -53,14 +55,16 @@ def task_data(cfg: Config, network: str) -> data.TaskData:
         if not cfg.data.imagenet:
             raise FileNotFoundError("data.imagenet: not set; set it in the params file to an ImageNet "
                                     "folder with train/ and val/ (ImageFolder layout)")
-        td = data.load_imagenet(cfg.data.imagenet, val_size=cfg.data.val_size, seed=cfg.seed,
-                                input_size=net.input_size)
+        td = data.load_imagenet(cfg.data.imagenet, val_size=cfg.data.val_size["imagenet"], seed=cfg.seed,
+                                input_size=net.input_size, resize_size=eval_resize(net.weights, net.input_size),
+                                param="data.imagenet")
     else:
         if not cfg.data.segmentation:
             raise FileNotFoundError("data.segmentation: not set; set it in the params file to a Cityscapes "
                                     "or ADE20K folder (and data.segmentation_format)")
-        td = data.load_segmentation(cfg.data.segmentation, format=cfg.data.segmentation_format,
-                                    crop_size=net.input_size, val_size=cfg.data.val_size, seed=cfg.seed)
+        fmt = cfg.data.segmentation_format
+        td = data.load_segmentation(cfg.data.segmentation, format=fmt, crop_size=net.input_size,
+                                    val_size=cfg.data.val_size[fmt], seed=cfg.seed)
     return _limit(td, net.train_size, net.eval_size)
 
 
@@ -76,7 +80,8 @@ def setup_torch(cfg: Config) -> torch.device:
     """Seed everything and set CPU threads; return the device to use.
 
     Under ``torchrun`` (a process group is up) each rank uses its own GPU,
-    ``cuda:LOCAL_RANK``, when the device is CUDA.
+    ``cuda:LOCAL_RANK``, when the device is CUDA; on CUDA ``speed.cudnn_benchmark``
+    sets ``torch.backends.cudnn.benchmark``.
     """
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -84,6 +89,10 @@ def setup_torch(cfg: Config) -> torch.device:
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world()[1] > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.speed.cudnn_benchmark
+        if device.index is not None:
+            torch.cuda.set_device(device)
     return device
 
 
@@ -98,6 +107,24 @@ def barrier() -> None:
     """Wait for every rank (a no-op without a process group)."""
     if world()[1] > 1:
         dist.barrier()
+
+
+def _partial(path: Path) -> Path:
+    """Where the resumable training checkpoint of the model saved at ``path`` lives while it trains."""
+    return path.with_name(path.name + ".partial")
+
+
+def _revert_sync_batchnorm(module: nn.Module) -> None:
+    """Turn the ``SyncBatchNorm`` layers ``convert_sync_batchnorm`` made back into ``BatchNorm2d``, in place."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                child.track_running_stats, device=child.weight.device if child.affine else None)
+            bn.load_state_dict(child.state_dict())
+            bn.train(child.training)
+            setattr(module, name, bn)
+        else:
+            _revert_sync_batchnorm(child)
 
 
 @dataclass
@@ -126,13 +153,39 @@ class Experiment:
                sharded: bool = True):
         """A loader over ``split`` (train/val/test); shuffled iff ``train`` (default: split == train).
 
-        Under ``torchrun`` it is this rank's shard (``sharded=False``: the whole split).
+        Under ``torchrun`` it is this rank's shard with this rank's part of the
+        global batch, ``batch_size / world size`` (``sharded=False``: the whole
+        split in global batches). Worker processes, prefetch and pinned memory
+        follow ``data.workers``, ``data.prefetch`` and the device.
         """
         ds = getattr(self.data, split)
         is_train = split == "train" if train is None else train
         rank, size = world() if sharded else (0, 1)
-        return data.make_loader(ds, batch_size=self.net.batch_size, train=is_train,
-                                seed=self.cfg.seed if seed is None else seed, rank=rank, world_size=size)
+        return data.make_loader(ds, batch_size=self.rank_batch_size(size), train=is_train,
+                                seed=self.cfg.seed if seed is None else seed, rank=rank, world_size=size,
+                                **self.loader_options())
+
+    def rank_batch_size(self, world_size: int) -> int:
+        """Each of ``world_size`` ranks' share of the global ``batch_size`` (a one-line error if it does not divide)."""
+        b = self.net.batch_size
+        if b % world_size:
+            raise ConfigError(f"network.{self.network}.batch_size: the global batch {b} does not split over "
+                              f"{world_size} ranks; set a multiple of {world_size}")
+        return b // world_size
+
+    def loader_options(self) -> dict[str, Any]:
+        """``make_loader``'s worker settings: ``data.workers`` (null: ``data.default_workers``), prefetch, pinning."""
+        workers = self.cfg.data.workers
+        if workers is None:
+            workers = data.default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return {"num_workers": workers, "prefetch_factor": self.cfg.data.prefetch if workers > 0 else None,
+                "pin_memory": self.device.type == "cuda"}
+
+    def speed_options(self) -> dict[str, Any]:
+        """``fit``/``evaluate``'s speed settings on this device (``speed``): precision, channels-last."""
+        cuda = self.device.type == "cuda"
+        return {"precision": self.cfg.speed.resolved_precision(self.device),
+                "channels_last": cuda and self.cfg.speed.channels_last}
 
     def example_input(self) -> torch.Tensor:
         """One sample's shape, batched: what the cost model measures at."""
@@ -141,8 +194,9 @@ class Experiment:
 
     # ---- models -----------------------------------------------------------------------------
     def new_float(self) -> nn.Module:
+        """The float network with its starting weights (``network.<name>.weights``; null: random init)."""
         return build(self.network, num_classes=self.data.num_classes, width=self.net.width,
-                     pretrained=self.net.pretrained)
+                     weights=self.net.weights)
 
     def quantize(self, model: nn.Module, bits: int | None = None) -> nn.Module:
         """The network's quantized twin: candidates at ``bits`` (default start_bits), first/last at 8."""
@@ -158,14 +212,14 @@ class Experiment:
         bits = get_bits(model) if kind != "float" else None
         uniform = None if bits is None else bits[candidate_layers(model)[0]]
         return {"network": self.network, "width": self.net.width, "num_classes": self.data.num_classes,
-                "kind": kind, "bits": bits, "recipe": self.recipe(kind, uniform), **extra}
+                "kind": kind, "bits": bits, "recipe": self.recipe(kind, uniform), "world_size": world()[1],
+                "device": device_name(self.device), **extra}
 
     def load(self, path: str | Path, kind: str) -> tuple[nn.Module, dict[str, Any]]:
         """Rebuild a model from a checkpoint of this network (``float`` or ``quant``)."""
         state, meta = checkpoint.load(path, expect={"network": self.network, "width": self.net.width,
                                                     "num_classes": self.data.num_classes, "kind": kind})
-        model = self.new_float() if not self.net.pretrained else build(
-            self.network, num_classes=self.data.num_classes, width=self.net.width)
+        model = build(self.network, num_classes=self.data.num_classes, width=self.net.width)
         if kind != "float":
             model = self.quantize(model)
             set_bits(model, meta["bits"], allow_fixed=True)
@@ -191,30 +245,49 @@ class Experiment:
             aux_weight=t.aux_weight, ignore_index=self.data.ignore_index)
 
     def _train(self, model: nn.Module, settings: FitSettings, *, teacher: nn.Module | None, seed: int,
-               desc: str) -> dict:
-        """``fit`` on this rank's shard; wrapped in DistributedDataParallel under ``torchrun``."""
+               desc: str, checkpoint: Path | None = None, checkpoint_key: str = "") -> dict:
+        """``fit`` on this rank's shard; wrapped in DistributedDataParallel under ``torchrun``.
+
+        Under DDP on GPUs a segmentation network's BatchNorm layers become
+        ``SyncBatchNorm`` for the fit (a few images per GPU give no usable batch
+        statistics), and back to ``BatchNorm`` after it, so checkpoints and the
+        later steps see the plain network. ``checkpoint``: the fit's resumable
+        training checkpoint (``mpq.resume``; ``train.checkpoint_steps``), written by rank 0.
+        """
         model.to(self.device)
-        wrapped = model
+        wrapped, synced = model, False
         if world()[1] > 1:
+            if self.data.task == "segmentation" and self.device.type == "cuda":  # torch's SyncBN needs GPUs
+                synced = True
+                nn.SyncBatchNorm.convert_sync_batchnorm(model)
             ids = [self.device.index] if self.device.type == "cuda" else None
             wrapped = DistributedDataParallel(model, device_ids=ids)
-        return fit(wrapped, self.loader("train", seed=seed), task=self.data.task, settings=settings,
-                   device=self.device, teacher=teacher, progress=self.progress and world()[0] == 0, desc=desc)
+        try:
+            return fit(wrapped, self.loader("train", seed=seed), task=self.data.task, settings=settings,
+                       device=self.device, teacher=teacher, progress=self.progress and world()[0] == 0,
+                       desc=desc, compile=self.cfg.speed.compile, checkpoint=checkpoint,
+                       checkpoint_key=checkpoint_key, checkpoint_steps=self.cfg.train.checkpoint_steps,
+                       checkpoint_writer=world()[0] == 0, **self.speed_options())
+        finally:
+            if synced:
+                _revert_sync_batchnorm(model)
 
     def finetune(self, qmodel: nn.Module, *, teacher: nn.Module | None, seed: int,
-                 epochs: float | None = None, desc: str = "finetune") -> dict:
-        """LSQ fine-tune of a quantized model (the same recipe for every method)."""
+                 epochs: float | None = None, desc: str = "finetune", checkpoint: Path | None = None,
+                 checkpoint_key: str = "") -> dict:
+        """LSQ fine-tune of a quantized model (the same recipe for every method); ``checkpoint`` as in ``_train``."""
         torch.manual_seed(seed)
         qmodel.to(self.device)
         # the same first batch on every rank, so that every replica starts from the same steps
         calibrate(qmodel, (x.to(self.device) for x, _ in self.loader("train", seed=seed, sharded=False)))
         return self._train(qmodel, self.fit_settings("quant", epochs=epochs), teacher=teacher, seed=seed,
-                           desc=desc)
+                           desc=desc,
+                           checkpoint=checkpoint, checkpoint_key=checkpoint_key)
 
     def evaluate(self, model: nn.Module, split: str = "test") -> float:
         return evaluate(model, self.loader(split, train=False), task=self.data.task,
                         num_classes=self.data.num_classes, ignore_index=self.data.ignore_index,
-                        device=self.device)
+                        device=self.device, **self.speed_options())
 
     # ---- the float and uniform baselines ----------------------------------------------------
     def baselines(self, outdir: str | Path | None = None) -> dict[str, dict[str, Any]]:
@@ -226,7 +299,10 @@ class Experiment:
         stale ones (another recipe of this network). A checkpoint written for
         another network, width or number of classes is refused (one line),
         never replaced. A failed training (non-finite loss, collapse) leaves
-        the checkpoint already there untouched. The results folder is locked
+        the checkpoint already there untouched. A fit that is killed resumes
+        from its training checkpoint ``<checkpoint>.partial`` (``mpq.resume``:
+        written at every epoch's end and every ``train.checkpoint_steps`` steps,
+        removed when the fit ends). The results folder is locked
         for the run (``results_lock``). Returns (and writes to
         ``baselines.json``) ``{name: {"metric", "val_metric", "seconds",
         "bits"}}``: test and validation metric, training wall seconds.
@@ -243,7 +319,8 @@ class Experiment:
                 fmodel = self.new_float().to(self.device)
                 t0 = time.perf_counter()
                 self._train(fmodel, self.fit_settings("float"), teacher=None, seed=self.cfg.seed,
-                            desc=f"{self.network} float")
+                            desc=f"{self.network} float", checkpoint=_partial(float_path),
+                            checkpoint_key=self.recipe("float"))
                 seconds = time.perf_counter() - t0
                 self._save(float_path, fmodel, self.meta("float", fmodel, seconds=seconds))
             results["float"] = {"metric": self.evaluate(fmodel), "val_metric": self.evaluate(fmodel, "val"),
@@ -258,7 +335,8 @@ class Experiment:
                     qmodel = self.quantize(fmodel, bits)
                     start_val_metric = self._start_val_metric(qmodel)
                     t0 = time.perf_counter()
-                    self.finetune(qmodel, teacher=fmodel, seed=self.cfg.seed, desc=f"{self.network} {name}")
+                    self.finetune(qmodel, teacher=fmodel, seed=self.cfg.seed, desc=f"{self.network} {name}",
+                                  checkpoint=_partial(path), checkpoint_key=self.recipe("quant", bits))
                     seconds = time.perf_counter() - t0
                 results[name] = {"metric": self.evaluate(qmodel), "val_metric": self.evaluate(qmodel, "val"),
                                  "seconds": seconds, "bits": bits}
@@ -311,13 +389,20 @@ class Experiment:
     def recipe(self, kind: str, bits: int | None = None) -> str:
         """A hash of everything that makes a ``float`` or uniform ``bits``-bit checkpoint what it is.
 
-        A checkpoint whose recipe differs (other epochs, lr, width, data, seed, ...)
-        is stale: ``baselines`` retrains it, the later steps refuse it.
+        A checkpoint whose recipe differs (other epochs, lr, width, data, seed,
+        precision, ...) is stale: ``baselines`` retrains it, the later steps refuse it.
+        ``batch_size`` is the global batch, so the recipe is the same on any number
+        of ranks: a baseline trained by ``torchrun`` on 8 GPUs is reused by the
+        notebooks' single process (the checkpoint's meta records the world size
+        it was trained with, ``world_size``).
         """
         net = {k: v for k, v in dataclasses.asdict(self.net).items() if not k.startswith("quant_")}
         blob: dict[str, Any] = {"network": self.network, "net": net, "seed": self.cfg.seed,
                                 "float": dataclasses.asdict(self.fit_settings("float")),
                                 "train": len(self.data.train), "scale": self.cfg.scale}
+        precision = self.speed_options()["precision"]
+        if precision != "fp32":  # bf16 makes another model (fp32 stays out: the embedded hashes keep)
+            blob.update(precision=precision)
         if kind != "float":
             blob.update(quant=dataclasses.asdict(self.cfg.quant), bits=bits,
                         finetune=dataclasses.asdict(self.fit_settings("quant")))

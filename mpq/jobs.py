@@ -48,8 +48,8 @@ from .pool import run_pool
 from .progress import Bar, job_bar
 from .quantized import candidate_layers, get_bits, set_bits
 from .quantizers import qrange
-from .records import (RECORD_FORMAT, Job, context_key, job_key, plain_bits, record_path, valid_records,
-                      wait_for_records, write_record)
+from .records import (RECORD_FORMAT, Job, context_key, job_key, partial_path, plain_bits, record_path,
+                      valid_records, wait_for_records, write_record)
 from .sensitivity import device_name
 from .train import TASKS, FitSettings, evaluate, fit
 
@@ -73,7 +73,11 @@ class JobContext:
     ``base_key``: ``context_key(...)`` of these inputs (a user whose results
     depend on more extends it: ``mpq.records.extend_key``). ``worker``: the name
     written to the records this process computes (pool workers are
-    ``proc<i>``, ranks ``rank<r>``).
+    ``proc<i>``, ranks ``rank<r>``). ``fit_options``: keywords of ``fit`` and
+    ``evaluate`` (``precision``, ``channels_last``; ``compile`` and
+    ``checkpoint_steps`` for ``fit`` only); ``loader_options``: keywords of ``make_loader`` (``num_workers``,
+    ``prefetch_factor``, ``pin_memory``). A precision other than fp32 belongs in
+    the key (``experiment_context`` puts it there).
     """
 
     model: nn.Module
@@ -89,6 +93,8 @@ class JobContext:
     record_dir: str | None
     base_key: str
     worker: str = "main"
+    fit_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # fit/evaluate: precision, ...
+    loader_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # make_loader: workers, ...
 
 
 def experiment_context(exp: Any, qmodel: nn.Module, teacher: nn.Module | None, *, epochs: float,
@@ -100,14 +106,20 @@ def experiment_context(exp: Any, qmodel: nn.Module, teacher: nn.Module | None, *
     ``record_dir``; ``extra`` goes into the key (``context_key``).
     """
     settings = exp.fit_settings("quant", epochs=epochs)
-    data, batch_size = exp.data, exp.net.batch_size
+    data, batch_size = exp.data, exp.net.batch_size  # one job runs on one device: the global batch
     train, eval_set = data.train, getattr(data, eval_split)
+    speed = exp.speed_options()
+    if speed["precision"] != "fp32":  # bf16 gives other numbers; fp32 keeps the keys records already have
+        extra = {**extra, "precision": speed["precision"]}
     key = context_key(qmodel, teacher=teacher, settings=settings, batch_size=batch_size, task=data.task,
                       num_classes=data.num_classes, ignore_index=data.ignore_index, train_size=len(train),
                       eval_size=len(eval_set), extra=extra)
     return JobContext(model=qmodel, teacher=teacher, train=train, eval_set=eval_set, settings=settings,
                       task=data.task, num_classes=data.num_classes, ignore_index=data.ignore_index,
-                      batch_size=batch_size, device=str(exp.device), record_dir=str(record_dir), base_key=key)
+                      batch_size=batch_size, device=str(exp.device), record_dir=str(record_dir), base_key=key,
+                      fit_options={**speed, "compile": exp.cfg.speed.compile,
+                                   "checkpoint_steps": exp.cfg.train.checkpoint_steps},
+                      loader_options=exp.loader_options())
 
 
 # ---- one job ---------------------------------------------------------------------------------
@@ -129,18 +141,22 @@ def run_job(ctx: JobContext, job: Job) -> dict[str, Any]:
         set_bits(model, dict(job.bits))
     torch.manual_seed(job.seed)
     steps, loss = 0, float("nan")
+    eval_options = {k: v for k, v in ctx.fit_options.items() if k not in ("compile", "checkpoint_steps")}
+    key = job_key(ctx.base_key, job, threads=threads)
     if ctx.settings.epochs > 0:
-        loader = make_loader(ctx.train, batch_size=ctx.batch_size, train=True, seed=job.seed)
+        loader = make_loader(ctx.train, batch_size=ctx.batch_size, train=True, seed=job.seed, **ctx.loader_options)
+        # a killed job resumes from its training checkpoint, beside its record-to-be
+        partial = None if ctx.record_dir is None else partial_path(ctx.record_dir, job.name)
         stats = fit(model, loader, task=ctx.task, settings=ctx.settings, teacher=ctx.teacher,
-                    device=device, progress=False)
+                    device=device, progress=False, checkpoint=partial, checkpoint_key=key, **ctx.fit_options)
         steps, loss = int(stats["steps"]), float(stats["loss"])
     # each rank evaluates its own job's model: its counts must not be summed with the others'
-    metric = evaluate(model, make_loader(ctx.eval_set, batch_size=ctx.batch_size, train=False), task=ctx.task,
-                      num_classes=ctx.num_classes, ignore_index=ctx.ignore_index, device=device,
-                      across_ranks=False)
+    metric = evaluate(model, make_loader(ctx.eval_set, batch_size=ctx.batch_size, train=False, **ctx.loader_options),
+                      task=ctx.task, num_classes=ctx.num_classes, ignore_index=ctx.ignore_index, device=device,
+                      across_ranks=False, **eval_options)
     train_samples = steps * ctx.batch_size  # training loaders drop the last partial batch
     distilled = ctx.teacher is not None and ctx.settings.distill > 0
-    return {"format": RECORD_FORMAT, "key": job_key(ctx.base_key, job, threads=threads), "name": job.name,
+    return {"format": RECORD_FORMAT, "key": key, "name": job.name,
             "bits": plain_bits(job.bits), "seed": int(job.seed), "metric": float(metric),
             "train_loss": loss, "seconds": time.perf_counter() - t0, "worker": ctx.worker,
             "device": device_name(device), "threads": threads, "steps": steps, "train_samples": train_samples,
@@ -283,7 +299,9 @@ def _run_pending(ctx: JobContext, pending: Sequence[Job], *, workers: int, threa
         return _run_serial(ctx, pending, threads, bar), 1
     used = min(workers, len(pending))
     cpu = torch.device("cpu")
-    cpu_ctx = dataclasses.replace(ctx, model=_on_device(ctx.model, cpu), teacher=_on_device(ctx.teacher, cpu))
+    # pool processes may not fork loader workers of their own (and the CPU is already shared out)
+    cpu_ctx = dataclasses.replace(ctx, model=_on_device(ctx.model, cpu), teacher=_on_device(ctx.teacher, cpu),
+                                  loader_options={**ctx.loader_options, "num_workers": 0, "prefetch_factor": None})
     return run_pool(_do_job, cpu_ctx, pending, workers=used, threads=threads, setup=_name_pool_process,
                     on_result=lambda rec: _advance(bar, rec)), used
 

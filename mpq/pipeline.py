@@ -55,19 +55,21 @@ class Stage:
 
 NET = "results/${item}"
 STAGES = (
-    Stage("baselines", "01_baselines.ipynb", deps=("data",),
-          params=("seed", "device", "threads", "data", "network.${item}", "train", "quant"),
+    # ${data.root}: the embedded data folder; the paper switch (README) sets it to the paper
+    # overlay file, so that scale needs no embedded data (it reads data.imagenet / segmentation)
+    Stage("baselines", "01_baselines.ipynb", deps=("${data.root}",),
+          params=("seed", "device", "threads", "data", "speed", "network.${item}", "train", "quant"),
           persist=(f"{NET}/{paths.FLOAT_CKPT}", f"{NET}/uniform4.pt", f"{NET}/uniform2.pt"),
           metrics=(f"{NET}/{paths.BASELINES_JSON}",),
           comment="persist: kept across runs; mpq retrains a checkpoint whose recipe (settings) changed"),
     Stage("sensitivity", "02_sensitivity.ipynb", step="sensitivity",
-          deps=(f"{NET}/{paths.FLOAT_CKPT}", f"{NET}/uniform4.pt"), params=("threads",)),
+          deps=(f"{NET}/{paths.FLOAT_CKPT}", f"{NET}/uniform4.pt"), params=("threads", "speed")),
     Stage("alps", "03_alps.ipynb", step="alps", deps=(f"{NET}/{paths.FLOAT_CKPT}", f"{NET}/uniform4.pt"),
-          params=("threads",)),
+          params=("threads", "speed")),
     Stage("frontier", "04_frontier.ipynb",
           deps=(f"{NET}/{paths.FLOAT_CKPT}", f"{NET}/uniform4.pt", f"{NET}/{paths.BASELINES_JSON}",
                 f"{NET}/{paths.SENSITIVITY}"),
-          params=("seed", "threads", "allocate", "frontier"),
+          params=("seed", "threads", "speed", "allocate", "frontier"),
           outs=(f"{NET}/{paths.FRONTIER_CSV}", f"{NET}/{paths.FRONTIER_SUMMARY_CSV}", f"{NET}/{paths.FRONTIER_INPUTS}", f"{NET}/{paths.LAYERS_CSV}",
                 f"{NET}/{paths.CONFIGS}"),
           persist=(f"{NET}/{paths.RECORDS}/frontier",)),

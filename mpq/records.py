@@ -37,7 +37,7 @@ from .quantized import get_bits
 from .train import FitSettings
 
 __all__ = ["Job", "RECORD_FORMAT", "plain_bits", "plain_settings", "context_key", "extend_key", "job_key",
-           "record_path", "read_record", "write_record", "valid_records", "wait_for_records"]
+           "record_path", "partial_path", "read_record", "write_record", "valid_records", "wait_for_records"]
 
 RECORD_FORMAT = "mpq-job-record/2"  # part of every key: a format change invalidates old records
 # every field a record must have to be reused (besides format, key, name, bits and seed)
@@ -159,6 +159,11 @@ def record_path(record_dir: str | Path, name: str) -> Path:
     if stem != name or not stem or stem.startswith(".") or len(stem) > _MAX_STEM:
         stem = f"{stem[:_MAX_STEM]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
     return Path(record_dir) / f"{stem}.json"
+
+
+def partial_path(record_dir: str | Path, name: str) -> Path:
+    """The resumable training checkpoint of the job ``name`` while it runs: ``<record>.partial``."""
+    return record_path(record_dir, name).with_suffix(".partial")
 
 
 def _checksum(record: Mapping[str, Any]) -> str:

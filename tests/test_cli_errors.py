@@ -172,7 +172,7 @@ def test_diverging_training_is_one_line(monkeypatch, capsys):
 
     monkeypatch.setattr(mpq.experiment, "Experiment", Diverging)
     assert main(["baselines", "--network", "resnet50", "--quiet"]) == 2
-    assert re.fullmatch(r"mpq: error: float: loss became (nan|-?inf) at step \d+; lower the lr", one_line(capsys))
+    assert re.fullmatch(r"mpq: error: float: loss became (nan|-?inf) at step \d+ \(read at the check of steps \d+-\d+\); lower the lr", one_line(capsys))
 
 
 def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, monkeypatch, capsys):

@@ -1,4 +1,7 @@
 """Experiment glue and the baselines step: checkpoints, resume, mismatches, CLI errors."""
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -216,9 +219,10 @@ def test_paper_scale_path_on_a_fake_imagenet_folder(tmp_path):
             for i in range(n):
                 Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
                     tmp_path / "imagenet" / split / c / f"{i}.png")
-    over = {"device": "cpu", "threads": 1, "data__imagenet": str(tmp_path / "imagenet"), "data__val_size": 4}
+    over = {"device": "cpu", "threads": 1, "data__imagenet": str(tmp_path / "imagenet"),
+            "data__val_size__imagenet": 4, "data__workers": 0}
     over.update({f"network__resnet50__{k}": v for k, v in dict(
-        width=0.0625, input_size=32, batch_size=4, pretrained=False, float_epochs=1, quant_epochs=0.5,
+        width=0.0625, input_size=32, batch_size=4, weights=None, float_epochs=1, quant_epochs=0.5,
         train_size=None, eval_size=None).items()})
     params = write_params(tmp_path / "paper.yaml", scale="paper", **over)
     exp = Experiment(config.load(params), "resnet50", progress=False)
@@ -229,3 +233,70 @@ def test_paper_scale_path_on_a_fake_imagenet_folder(tmp_path):
     missing = write_params(tmp_path / "p2.yaml", base=params, data__imagenet=str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="data.imagenet"):
         Experiment(config.load(missing), "resnet50", progress=False).data
+
+
+def _fake_segmentation(root, fmt: str, n_train: int = 6, n_test: int = 2):
+    """A tiny Cityscapes or ADE20K folder: random 40x48 images with label maps of a few valid ids."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    splits = {"cityscapes": ("train", "val"), "ade20k": ("training", "validation")}[fmt]
+    for split, n in zip(splits, (n_train, n_test)):
+        for i in range(n):
+            img = Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+            if fmt == "cityscapes":
+                ids = rng.choice(np.array([7, 8, 11, 26, 0], np.uint8), (40, 48))
+                stem = f"aachen_{i:06d}_000019"
+                d_img, d_lab = root / "leftImg8bit" / split / "aachen", root / "gtFine" / split / "aachen"
+                d_img.mkdir(parents=True, exist_ok=True), d_lab.mkdir(parents=True, exist_ok=True)
+                img.save(d_img / f"{stem}_leftImg8bit.png")
+                Image.fromarray(ids).save(d_lab / f"{stem}_gtFine_labelIds.png")
+            else:
+                ids = rng.integers(0, 151, (40, 48), dtype=np.uint8)
+                base = root / "ADEChallengeData2016"
+                (base / "images" / split).mkdir(parents=True, exist_ok=True)
+                (base / "annotations" / split).mkdir(parents=True, exist_ok=True)
+                img.save(base / "images" / split / f"ADE_{i}.jpg")
+                Image.fromarray(ids).save(base / "annotations" / split / f"ADE_{i}.png")
+
+
+@pytest.mark.parametrize("fmt,classes", [("cityscapes", 19), ("ade20k", 150)])
+def test_paper_scale_pspnet_on_fake_cityscapes_and_ade20k(tmp_path, fmt, classes):
+    """PSPNet through the paper path: its own data.val_size entry, the same steps, no embedded data."""
+    _fake_segmentation(tmp_path / fmt, fmt)
+    over = {"device": "cpu", "threads": 1, "data__root": str(tmp_path / "no-embedded-data"),
+            "data__segmentation": str(tmp_path / fmt), "data__segmentation_format": fmt,
+            f"data__val_size__{fmt}": 2, "data__workers": 0}
+    over.update({f"network__pspnet__{k}": v for k, v in dict(
+        width=0.0625, input_size=32, batch_size=2, weights=None, float_epochs=1, quant_epochs=0.5,
+        train_size=None, eval_size=None).items()})
+    params = write_params(tmp_path / "paper.yaml", scale="paper", **over)
+    exp = Experiment(config.load(params), "pspnet", progress=False)
+    assert (len(exp.data.train), len(exp.data.val), len(exp.data.test), exp.data.num_classes) == (4, 2, 2, classes)
+    res = exp.baselines(tmp_path / "res")
+    assert set(res) == {"float", "uniform4", "uniform2"}
+    assert exp.sensitivity("eagl", tmp_path / "res").table.shape[0] == exp.spec.candidate_count
+
+
+def test_paper_validation_sizes_fit_their_datasets():
+    """data.val_size: one entry per dataset, each a small part of that dataset's training set."""
+    cfg = config.load(write_params(Path(tempfile.mkdtemp()) / "p.yaml", scale="paper"))
+    train = {"imagenet": 1_281_167, "cityscapes": 2_975, "ade20k": 20_210}
+    assert set(cfg.data.val_size) == set(train)
+    assert all(0 < cfg.data.val_size[d] <= 0.11 * n for d, n in train.items())  # about a tenth at most
+
+
+def test_sync_batchnorm_round_trip_keeps_the_state():
+    from mpq.experiment import _revert_sync_batchnorm
+    from mpq.networks import build
+
+    net = build("pspnet", num_classes=5, width=0.0625)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in net.modules())
+    _revert_sync_batchnorm(net)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in net.modules())
+    assert all(type(m) is torch.nn.BatchNorm2d for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    after = net.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
