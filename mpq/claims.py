@@ -80,7 +80,7 @@ def network_facts(net: NetworkResults, summary: pd.DataFrame) -> dict[str, Any]:
     """The numbers the claims are judged on, as plain data.
 
     ``{"float", "curves": {method: [(rel_throughput, metric_mean), ...]}, "auc":
-    {method: auc}, "device_seconds": {method: s}}``. ``curves`` hold each
+    {method: auc}, "device_seconds": {method: s}, "devices": {method: device name}}``. ``curves`` hold each
     method's own mixes (the interior targets, mean over seeds), not the uniform
     ends every method shares; ``auc`` is ``mpq.frontier.summarize``'s (ends included).
     """
@@ -88,7 +88,8 @@ def network_facts(net: NetworkResults, summary: pd.DataFrame) -> dict[str, Any]:
     auc = {m: float(summary.loc[summary.method == m, "auc"].iloc[0]) for m in methods
            if (summary.method == m).any()}
     return {"float": net.float_metric, "curves": {m: mixes(summary, m) for m in methods}, "auc": auc,
-            "device_seconds": {m: CostRecord(**c).device_seconds for m, c in net.costs.items()}}
+            "device_seconds": {m: CostRecord(**c).device_seconds for m, c in net.costs.items()},
+            "devices": {m: str(c.get("device", "")) for m, c in net.costs.items()}}
 
 
 def _verdict(passes: Sequence[bool], missing: Sequence[str]) -> str:
@@ -203,7 +204,9 @@ def claim_compute(facts: Mapping[str, Mapping], *, networks: Sequence[str] | Non
                 parts.append(f"{methods.label(m)} {_sec(s[m])} ({how})")
             else:
                 parts.append(f"{methods.label(m)} not recorded")
-        words.append(f"{title(net)} device-seconds: " + ", ".join(parts))
+        used = sorted({d for m, d in facts[net].get("devices", {}).items() if d and (m == lead or m in _ours())})
+        on = f" (on {' | '.join(used)})" if used else ""
+        words.append(f"{title(net)} device-seconds{on}: " + ", ".join(parts))
     words.append(f"threshold: {factor:g}x less than {methods.label(lead)}")
     return _verdict(passes, [n for n in networks if n not in facts]), "; ".join(words)
 

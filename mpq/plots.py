@@ -207,7 +207,7 @@ def _num(v: float) -> str:
 def compute_time(frame: pd.DataFrame, *, methods: Sequence[str], network_titles: dict[str, str]) -> Figure:
     """Grouped bars: device-seconds per method (bars) and network (groups), log scale.
 
-    ``frame``: ``network, method, device_seconds``. Methods that took no time
+    ``frame``: ``network, method, device_seconds`` (and ``device``, named in the note). Methods that took no time
     (random selection) cannot sit on a log axis; they are named in a note.
     """
     nets = list(dict.fromkeys(frame["network"]))
@@ -234,7 +234,11 @@ def compute_time(frame: pd.DataFrame, *, methods: Sequence[str], network_titles:
     ax.set_xticks(range(len(nets)), [network_titles.get(n, n) for n in nets])
     ax.set_ylabel("Compute to reach a solution\n(device-seconds, log scale)")
     ax.set_title("Sensitivity compute time per method")
-    note = "device-seconds = wall seconds x workers"
+    note = "device-seconds: job methods, their jobs' recorded seconds summed; others, wall seconds x workers"
+    if "device" in frame.columns:
+        devices = sorted({str(d) for d in frame.loc[frame.device_seconds > 0, "device"] if str(d)})
+        if devices:
+            note += "\non " + " | ".join(devices)
     if zero:
         note += "; " + ", ".join(label(m) for m in zero) + ": 0 s (not drawable on a log axis)"
     ax.text(0.01, 0.98, note, transform=ax.transAxes, ha="left", va="top", fontsize=8.5, color="#444444")
