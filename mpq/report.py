@@ -104,11 +104,14 @@ def build(results: str | Path, out: str | Path, networks: list[str], *, scale: s
 
         comp = report_items.compute_table(nets)
         report.figure(plots.compute_time(comp, methods=methods.names(), network_titles=titles), "F6_compute_time",
-                      "Compute to reach a solution per method (device-seconds = wall seconds x workers), log scale.")
+                      "Compute to reach a solution per method (device-seconds: the summed seconds of a job "
+                      "method's job records, else wall seconds x workers), log scale.")
         report.table(comp, "T3_compute_time", "T3. Compute time per method",
-                     "Wall seconds of each sensitivity method, device-seconds = seconds x workers, passes and "
-                     f"epochs spent, and the ratio of device-seconds to {methods.label(cheap)}'s. At paper scale "
-                     "GPU-hours = device_seconds / 3600. Random selection costs nothing.",
+                     "Wall seconds of each sensitivity method; device-seconds = for a method made of jobs (ALPS, "
+                     "no-FT) the seconds its job records say each job took, summed (reused records included), for "
+                     "the others seconds x workers; the device; passes and epochs spent; and the ratio of "
+                     f"device-seconds to {methods.label(cheap)}'s. At paper scale GPU-hours = device_seconds / 3600. "
+                     "Random selection costs nothing.",
                      formats={"method": methods.label, f"ratio_to_{cheap}": lambda r: claims.times(float(r))})
 
         abl = report_items.ablation(nets, start_bits=start_bits, low_bits=low_bits)
