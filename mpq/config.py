@@ -109,8 +109,13 @@ class TrainConfig:
     aux_weight: float            # segmentation: weight of the auxiliary head's loss
     label_smoothing: float
     checkpoint_steps: int        # mid-training checkpoint every this many steps (0: at epoch ends only)
+    step_lr_mult: dict[int, float]  # quantized fine-tunes: bits -> the LSQ weight steps' lr = lr x this
 
     def validate(self, key: str) -> None:
+        for bits, mult in self.step_lr_mult.items():
+            _check(isinstance(bits, int) and 1 < bits <= 16, f"{key}.step_lr_mult",
+                   f"keys are bit widths (2..16), got {bits!r}")
+            _check(mult > 0, f"{key}.step_lr_mult.{bits}", f"must be > 0 (1: the weights' lr), got {mult}")
         _check(self.checkpoint_steps >= 0, f"{key}.checkpoint_steps",
                f"must be >= 0 (0: checkpoint at epoch ends only), got {self.checkpoint_steps}")
         _check(0 <= self.momentum < 1, f"{key}.momentum", f"must be in [0, 1), got {self.momentum}")

@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["confusion", "miou_from_confusion", "miou", "top1", "MeanIoU", "Accuracy"]
+__all__ = ["confusion", "miou_from_confusion", "miou", "top1", "MeanIoU", "Accuracy", "sample_stats",
+           "metric_from_sums"]
 
 
 def _labels(pred: Tensor, target: Tensor) -> Tensor:
@@ -144,3 +145,46 @@ class Accuracy(_Counts):
         """Top-1 accuracy in percent (``nan`` before any sample)."""
         correct, total = (int(v) for v in self.counts)
         return 100.0 * correct / total if total else float("nan")
+
+
+# ---- per-sample statistics (what paired bootstrap intervals resample) ---------------------------
+
+def sample_stats(pred: Tensor, target: Tensor, *, task: str, num_classes: int, ignore_index: int = 255) -> Tensor:
+    """One row of int64 counts per sample, whose column sums give the metric (``metric_from_sums``).
+
+    Classification: ``(N, 2)``, [1 where the sample is right, 1]. Segmentation:
+    ``(N, 2 C)``, the sample's intersection and union pixel counts of every
+    class (ignored pixels dropped). Summing rows over any multiset of samples
+    gives that multiset's top-1 or mIoU exactly, so a bootstrap over images
+    is a matrix product of resampling counts with these rows.
+    """
+    pred = _labels(pred, target)
+    if task == "classification":
+        right = (pred == target).long().reshape(-1, 1)
+        return torch.cat([right, torch.ones_like(right)], 1)
+    n, c = target.shape[0], num_classes
+    t, p = target.reshape(n, -1).long(), pred.reshape(n, -1).long()
+    keep = t != ignore_index
+    t, p = torch.where(keep, t, 0), torch.where(keep, p, 0)
+    rows = torch.arange(n, device=t.device).unsqueeze(1) * c
+    def count(labels: Tensor, mask: Tensor) -> Tensor:
+        return torch.bincount((rows + labels)[mask], minlength=n * c).reshape(n, c)
+    inter = count(t, keep & (t == p))
+    union = count(t, keep) + count(p, keep) - inter
+    return torch.cat([inter, union], 1)
+
+
+def metric_from_sums(sums: Tensor, task: str) -> Tensor:
+    """Top-1 or mIoU (percent) from column sums of ``sample_stats`` rows: ``(..., k)`` -> ``(...)``.
+
+    ``sums`` may hold many resamples at once (``(B, k)``). mIoU averages over
+    the classes with a union (as ``miou_from_confusion``).
+    """
+    sums = sums.double()
+    if task == "classification":
+        return 100.0 * sums[..., 0] / sums[..., 1]
+    c = sums.shape[-1] // 2
+    inter, union = sums[..., :c], sums[..., c:]
+    present = union > 0
+    iou = torch.where(present, inter / union.clamp_min(1), torch.zeros_like(inter))
+    return 100.0 * iou.sum(-1) / present.sum(-1)

@@ -59,9 +59,35 @@ def test_fractional_epochs_and_schedule():
 def test_weight_decay_only_on_weights():
     q = mpq.quantize(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
                                          torch.nn.Conv2d(4, 4, 3)), 4)
-    decay, no_decay = param_groups(q, 1e-4)
+    mpq.set_bits(q, {"0": 2, "2": 4}, allow_fixed=True)  # (both are first/last layers, kept at 8 otherwise)
+    assert len(param_groups(q, 1e-4)) == 2  # no multipliers: every step with the BN parameters
+    decay, no_decay, steps2, steps4 = param_groups(q, 1e-4, step_lr_mult={2: 30, 4: 210})
     assert decay["weight_decay"] == 1e-4 and len(decay["params"]) == 2  # two conv weights
-    assert all(p.ndim <= 1 for p in no_decay["params"])
+    assert all(p.ndim <= 1 for p in no_decay["params"]) and no_decay["params"]
+    assert decay["lr_mult"] == no_decay["lr_mult"] == 1
+    assert (steps2["lr_mult"], steps4["lr_mult"]) == (30, 210) and steps2["weight_decay"] == 0
+    assert steps2["params"] == [q[0].wq.step] and steps4["params"] == [q[2].wq.step]
+    names = {id(p): n for n, p in q.named_parameters()}
+    assert any(names[id(p)].endswith(".step") for p in no_decay["params"])  # activation steps: base lr
+
+
+def test_step_lr_multiplier_moves_the_steps_faster():
+    """The same fit with a multiplier m for the (8-bit) layers moves their weight steps further than with 1."""
+    def run(mult):
+        torch.manual_seed(0)
+        model = mpq.quantize(torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                                 torch.nn.Linear(8 * 6 * 6, 3)), 4)
+        x = torch.randn(64, 1, 8, 8)
+        mpq.calibrate(model, [x])
+        start = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith(".wq.step")}
+        data = DataLoader(TensorDataset(x, torch.randint(0, 3, (64,))), batch_size=16)
+        fit(model, data, task="classification", settings=FitSettings(epochs=2, lr=0.05, step_lr_mult={8: mult}),
+            progress=False)
+        return {n: float((p.detach() - start[n]).abs().sum()) for n, p in model.named_parameters()
+                if n.endswith(".wq.step")}
+    slow, fast = run(1.0), run(50.0)
+    assert set(slow) == set(fast) and slow
+    assert all(fast[n] > 5 * slow[n] for n in slow if slow[n] > 0)
 
 
 def test_training_learns_a_separable_problem():
