@@ -76,20 +76,95 @@ def recovers_at(curve: Sequence[tuple[float, float]], float_metric: float, toler
     return max(ok) if ok else None
 
 
-def network_facts(net: NetworkResults, summary: pd.DataFrame) -> dict[str, Any]:
+def network_facts(net: NetworkResults, summary: pd.DataFrame, unc: Any = None) -> dict[str, Any]:
     """The numbers the claims are judged on, as plain data.
 
     ``{"float", "curves": {method: [(rel_throughput, metric_mean), ...]}, "auc":
     {method: auc}, "device_seconds": {method: s}, "devices": {method: device name}}``. ``curves`` hold each
     method's own mixes (the interior targets, mean over seeds), not the uniform
     ends every method shares; ``auc`` is ``mpq.frontier.summarize``'s (ends included).
+    ``unc``: the network's ``mpq.uncertainty.NetworkUncertainty`` (or None), under
+    ``"unc"``: with it the verdicts come from paired bootstrap intervals.
     """
     methods = net.frontier_methods
     auc = {m: float(summary.loc[summary.method == m, "auc"].iloc[0]) for m in methods
            if (summary.method == m).any()}
     return {"float": net.float_metric, "curves": {m: mixes(summary, m) for m in methods}, "auc": auc,
             "device_seconds": {m: CostRecord(**c).device_seconds for m, c in net.costs.items()},
-            "devices": {m: str(c.get("device", "")) for m, c in net.costs.items()}}
+            "devices": {m: str(c.get("device", "")) for m, c in net.costs.items()},
+            "targets": {m: _mix_targets(summary, m) for m in methods}, "unc": unc}
+
+
+def _mix_targets(summary: pd.DataFrame, method: str) -> list[tuple[float, float, float]]:
+    """A method's own mixes as ``(rel_throughput, metric_mean, target)``, by throughput."""
+    part = summary[(summary.method == method) & ~summary["uniform_end"]].sort_values("rel_throughput")
+    return [(float(x), float(y), float(t)) for x, y, t in zip(part["rel_throughput"], part["metric_mean"],
+                                                                 part["target"])]
+
+
+YES, NO, UNSURE = "yes", "no", "inconclusive"
+
+
+def _verdict3(items: Sequence[str], missing: Sequence[str]) -> str:
+    """Verdict from per-item interval outcomes: every item yes -> reproduced; yes and no mixed ->
+    partially; no without yes and without an inconclusive item -> not reproduced; else inconclusive."""
+    if not items:
+        return "not testable"
+    yes, no = items.count(YES), items.count(NO)
+    if yes == len(items):
+        return "partially reproduced" if missing else "reproduced"
+    if yes:
+        return "partially reproduced"
+    if no == len(items):
+        return "not reproduced"
+    return "inconclusive"
+
+
+def _recovery_ci(f: Mapping[str, Any]) -> tuple[list[str], str]:
+    """C1 per network from intervals: a proposed method's mix above 1.0x recovers float when the
+    lower end of the paired interval of (mix - float) is >= -h, h = the half-width of float's own
+    interval (the resolution of the test set); no when every such mix's upper end is < -h."""
+    unc = f["unc"]
+    lo_f, hi_f = unc.interval(unc.float_values())
+    h = (hi_f - lo_f) / 2
+    outcomes, parts = [], []
+    for m in _ours():
+        mixes_ = [p for p in f["targets"].get(m, []) if p[0] > 1.0 + _EPS]
+        if not mixes_:
+            parts.append(f"{methods.label(m)} no mix above 1.0x")
+            continue
+        cis = [(x, y, unc.diff(unc.config(m, t), unc.float_values())) for x, y, t in mixes_]
+        ok = [c for c in cis if c[2][0] >= -h]
+        if ok:
+            x, y, (lo, hi) = max(ok)
+            outcomes.append(YES)
+            parts.append(f"{methods.label(m)} {y:.2f} at {x:.2f}x (minus float: [{lo:.2f}, {hi:.2f}])")
+        else:
+            x, y, (lo, hi) = max(cis, key=lambda c: c[2][1])
+            outcomes.append(NO if all(c[2][1] < -h for c in cis) else UNSURE)
+            parts.append(f"{methods.label(m)} best {y:.2f} at {x:.2f}x (minus float: [{lo:.2f}, {hi:.2f}])")
+    result = YES if YES in outcomes else (UNSURE if UNSURE in outcomes else NO)
+    return [result], (f"float {f['float']:.2f} [{lo_f:.2f}, {hi_f:.2f}], tolerance = its half-width "
+                      f"{h:.2f}: " + ", ".join(parts) + f" -> {dict(yes='recovered', no='not recovered').get(result, result)}")
+
+
+def _frontier_ci(f: Mapping[str, Any]) -> tuple[list[str], str]:
+    """C2 per network from intervals: each proposed method's AUC minus the best baseline's or
+    control's (by point AUC), paired: yes when the interval is above 0, no when below, else inconclusive."""
+    unc, auc = f["unc"], f["auc"]
+    base = {m: auc[m] for m in _compared() if m in auc and math.isfinite(auc[m])}
+    ours = [m for m in _ours() if m in auc and math.isfinite(auc[m])]
+    if not base or not ours:
+        return [], f"no {'baseline' if not base else 'EAGL/ALPS'} frontier to compare"
+    best = max(base, key=base.get)
+    outcomes, parts = [], []
+    for m in ours:
+        lo, hi = unc.diff(unc.auc(m), unc.auc(best))
+        outcomes.append(YES if lo > 0 else (NO if hi < 0 else UNSURE))
+        parts.append(f"{methods.label(m)} {auc[m]:.2f} (minus {methods.label(best)}: [{lo:.2f}, {hi:.2f}], "
+                     f"{outcomes[-1]})")
+    return outcomes, (f"frontier AUC (mean metric over the throughput span), vs the best baseline/control "
+                      f"{methods.label(best)} {base[best]:.2f}: " + ", ".join(parts))
 
 
 def _verdict(passes: Sequence[bool], missing: Sequence[str]) -> str:
@@ -132,10 +207,18 @@ def _recovery_items(facts: Mapping[str, Mapping], networks: Sequence[str], toler
 def claim_recovery(facts: Mapping[str, Mapping], *, tolerance: float,
                    networks: Sequence[str] | None = None) -> tuple[str, str]:
     """Claim 1: per network (default: those of C1), does a proposed method reach a point above 1.0x
-    within ``tolerance`` of float?"""
+    that recovers float? From paired intervals when every network has them (``_recovery_ci``),
+    else from means within ``tolerance`` of float."""
     networks = claim_networks("C1") if networks is None else networks
     present = [n for n in networks if n in facts]
     missing = [n for n in networks if n not in facts]
+    if present and all(facts[n].get("unc") is not None for n in present):
+        items, words = [], []
+        for n in present:
+            o, w = _recovery_ci(facts[n])
+            items += o
+            words.append(f"{title(n)} ({w})")
+        return _verdict3(items, missing), _join(words, missing)
     passes, words = _recovery_items(facts, present, tolerance)
     return _verdict(passes, missing), _join(words, missing)
 
@@ -163,6 +246,13 @@ def claim_frontier(facts: Mapping[str, Mapping], *, networks: Sequence[str] | No
     networks = claim_networks("C2") if networks is None else networks
     present = [n for n in networks if n in facts]
     missing = [n for n in networks if n not in facts]
+    if present and all(facts[n].get("unc") is not None for n in present):
+        items, words = [], []
+        for n in present:
+            o, w = _frontier_ci(facts[n])
+            items += o
+            words.append(f"{title(n)} {w}")
+        return _verdict3(items, missing), _join(words, missing)
     passes, words = _frontier_items(facts, present)
     return _verdict(passes, missing), _join(words, missing)
 
@@ -173,6 +263,14 @@ def claim_segmentation(facts: Mapping[str, Mapping], *, tolerance: float,
     networks = claim_networks("C3") if networks is None else networks
     present = [n for n in networks if n in facts]
     missing = [n for n in networks if n not in facts]
+    if present and all(facts[n].get("unc") is not None for n in present):
+        items, words = [], []
+        for n in present:
+            o1, w1 = _recovery_ci(facts[n])
+            o2, w2 = _frontier_ci(facts[n])
+            items += o1 + o2
+            words.append(f"{title(n)} ({w1}); {title(n)} {w2}")
+        return _verdict3(items, missing), _join(words, missing)
     p1, w1 = _recovery_items(facts, present, tolerance)
     p2, w2 = _frontier_items(facts, present)
     return _verdict(p1 + p2, missing), _join(w1 + w2, missing)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
-from . import atomic, checkpoint, data, methods, paths
+from . import atomic, checkpoint, data, diagnostics, eagl, methods, paths
 from .config import Config, ConfigError
 from .lock import folder_lock
 from .networks import build, eval_resize, get_spec
@@ -242,7 +243,8 @@ class Experiment:
             momentum=t.momentum, weight_decay=t.weight_decay,
             warmup_epochs=t.warmup_epochs if is_float else 0.0,
             label_smoothing=t.label_smoothing, distill=0.0 if is_float else t.distill,
-            aux_weight=t.aux_weight, ignore_index=self.data.ignore_index)
+            aux_weight=t.aux_weight, ignore_index=self.data.ignore_index,
+            step_lr_mult={} if is_float else dict(t.step_lr_mult))
 
     def _train(self, model: nn.Module, settings: FitSettings, *, teacher: nn.Module | None, seed: int,
                desc: str, checkpoint: Path | None = None, checkpoint_key: str = "") -> dict:
@@ -284,10 +286,11 @@ class Experiment:
                            desc=desc,
                            checkpoint=checkpoint, checkpoint_key=checkpoint_key)
 
-    def evaluate(self, model: nn.Module, split: str = "test") -> float:
+    def evaluate(self, model: nn.Module, split: str = "test", *, detail: bool = False) -> float | dict[str, Any]:
+        """``mpq.train.evaluate`` of ``model`` on ``split`` (``detail``: with loss and per-sample counts)."""
         return evaluate(model, self.loader(split, train=False), task=self.data.task,
                         num_classes=self.data.num_classes, ignore_index=self.data.ignore_index,
-                        device=self.device, **self.speed_options())
+                        device=self.device, detail=detail, **self.speed_options())
 
     # ---- the float and uniform baselines ----------------------------------------------------
     def baselines(self, outdir: str | Path | None = None) -> dict[str, dict[str, Any]]:
@@ -299,7 +302,9 @@ class Experiment:
         stale ones (another recipe of this network). A checkpoint written for
         another network, width or number of classes is refused (one line),
         never replaced. A failed training (non-finite loss, collapse) leaves
-        the checkpoint already there untouched. A fit that is killed resumes
+        the checkpoint already there untouched. The models' per-test-sample counts
+        (``mpq.metrics.sample_stats``) go to ``baselines_samples.npz`` for the
+        report's bootstrap intervals. A fit that is killed resumes
         from its training checkpoint ``<checkpoint>.partial`` (``mpq.resume``:
         written at every epoch's end and every ``train.checkpoint_steps`` steps,
         removed when the fit ends). The results folder is locked
@@ -323,7 +328,10 @@ class Experiment:
                             checkpoint_key=self.recipe("float"))
                 seconds = time.perf_counter() - t0
                 self._save(float_path, fmodel, self.meta("float", fmodel, seconds=seconds))
-            results["float"] = {"metric": self.evaluate(fmodel), "val_metric": self.evaluate(fmodel, "val"),
+            samples = {}
+            test = self.evaluate(fmodel, detail=True)
+            samples["float"] = test["samples"]
+            results["float"] = {"metric": test["metric"], "val_metric": self.evaluate(fmodel, "val"),
                                 "seconds": seconds, "bits": None}
             for bits in (self.cfg.quant.start_bits, self.cfg.quant.low_bits):
                 name = f"uniform{bits}"
@@ -338,14 +346,37 @@ class Experiment:
                     self.finetune(qmodel, teacher=fmodel, seed=self.cfg.seed, desc=f"{self.network} {name}",
                                   checkpoint=_partial(path), checkpoint_key=self.recipe("quant", bits))
                     seconds = time.perf_counter() - t0
-                results[name] = {"metric": self.evaluate(qmodel), "val_metric": self.evaluate(qmodel, "val"),
+                test = self.evaluate(qmodel, detail=True)
+                samples[name] = test["samples"]
+                results[name] = {"metric": test["metric"], "val_metric": self.evaluate(qmodel, "val"),
                                  "seconds": seconds, "bits": bits}
                 if not found:
                     self._check_collapse(name, path, start_val_metric, results[name]["val_metric"])
                     self._save(path, qmodel, self.meta("quant", qmodel, seconds=seconds))
             if world()[0] == 0:
                 atomic.write_json(out / paths.BASELINES_JSON, results)
+                atomic.write_json(out / paths.STEP_DIAGNOSTIC, self.step_diagnostic(out))
+                if all(v is not None for v in samples.values()):  # one process evaluated the whole split
+                    atomic.write_with(out / paths.BASELINES_SAMPLES, lambda f: np.savez_compressed(
+                        f, **{k: v.astype(np.int32) for k, v in samples.items()}))
         return results
+
+    def step_diagnostic(self, out: str | Path) -> dict[str, dict[str, Any]]:
+        """Per uniform checkpoint under ``out``: does LSQ move its steps (``mpq.diagnostics``), and on
+        the ``start_bits`` one the spread of EAGL's scores (the entropy variant)."""
+        out = Path(out)
+        fstate, _ = checkpoint.load(out / paths.FLOAT_CKPT)
+        result = {}
+        for bits in (self.cfg.quant.start_bits, self.cfg.quant.low_bits):
+            name = paths.uniform_ckpt(bits)
+            qmodel, meta = self.load(out / name, "quant")
+            layers = candidate_layers(qmodel)
+            scores = None
+            if bits == self.cfg.quant.start_bits:
+                scores = eagl.scores(qmodel, low_bits=self.cfg.quant.low_bits).table["score"].to_numpy()
+            result[name] = diagnostics.step_diagnostic(
+                diagnostics.step_ratios(fstate, qmodel.state_dict(), meta["bits"], layers), scores)
+        return result
 
     def results_lock(self, out: str | Path) -> contextlib.AbstractContextManager:
         """The lock of the results folder ``out`` (``mpq.lock.folder_lock``), taken by rank 0 only.
@@ -454,7 +485,8 @@ class Experiment:
         entry says how it is computed. Writes ``sensitivity/<method>.csv`` and
         ``<method>_cost.json`` under the network's results (rank 0); methods made
         of jobs (ALPS, noft) keep one record per job under ``records/<method>/``
-        so an interrupted run resumes where it stopped.
+        so an interrupted run resumes where it stopped. A method whose settings
+        say ``retest: true`` is computed twice (``retests``).
         """
         compute = methods.compute_function(method)
         out = Path(outdir) if outdir is not None else paths.network_dir(self.network)
@@ -464,12 +496,25 @@ class Experiment:
             if result.method != method:
                 raise ValueError(f"method {method!r} computed a table named {result.method!r}; its registry "
                                  "entry's compute function must return a Sensitivity named after the method")
+            if self.retests(method):
+                again = compute(self, method=method, qmodel=qmodel, teacher=fmodel, out=out, seed=self.cfg.seed + 1)
+                result.table["retest_score"] = result.table["layer"].map(again.table.set_index("layer")["score"])
+                result.meta["retest"] = {"seed": self.cfg.seed + 1, "device_seconds": again.cost.device_seconds,
+                                         "spearman": float(result.table["score"].corr(
+                                             result.table["retest_score"], method="spearman"))}
             result.meta.update(network=self.network, width=self.net.width, scale=self.cfg.scale,
                                inputs=inputs_identity(self, method, out))
             if world()[0] == 0:
                 result.save(out / paths.SENSITIVITY)
             barrier()
         return result
+
+    def retests(self, method: str) -> bool:
+        """Whether ``method``'s settings ask for a retest (``<section>.retest``): the step computes it a
+        second time from ``seed + 1`` and keeps those scores as the ``retest_score`` column (its
+        cost in ``meta["retest"]``, apart from the method's own cost record)."""
+        section = methods.get(method).section
+        return bool(section and getattr(getattr(self.cfg, section), "retest", False))
 
     def workers(self, configured: int) -> int:
         """Worker processes for job-parallel steps: ``configured`` on one CPU process, else 1

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from torch import nn
 
@@ -24,7 +25,7 @@ from .sensitivity import Sensitivity, check_inputs
 
 __all__ = ["cost_model", "layer_table", "run"]
 
-STEP_VERSION = "frontier-v1"   # part of every record's key: a change of the recipe invalidates old records
+STEP_VERSION = "frontier-v2"   # part of every record's key: a change of the recipe invalidates old records
 
 
 def cost_model(exp: Experiment, qmodel: nn.Module) -> dict[str, Any]:
@@ -118,7 +119,8 @@ def _run(exp: Experiment, out: Path, names: tuple[str, ...]) -> pd.DataFrame:
             job_list.append(job)
             info[job.name] = (point, seed, pred, config_path, sum(b == q.low_bits for b in point.bits.values()))
     ctx = jobs.experiment_context(exp, qmodel, fmodel, epochs=cfg.frontier.epochs, eval_split="test",
-                                  record_dir=out / paths.RECORDS / "frontier", extra={"step": STEP_VERSION})
+                                  record_dir=out / paths.RECORDS / "frontier", extra={"step": STEP_VERSION},
+                                  keep_samples=True)
     workers = exp.workers(cfg.frontier.workers)
     records, _ = jobs.run(ctx, job_list, workers=workers, threads=exp.threads_per_worker(workers),
                           progress=exp.progress, desc=f"{exp.network} frontier")
@@ -132,6 +134,8 @@ def _run(exp: Experiment, out: Path, names: tuple[str, ...]) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=list(frontier.RESULT_COLUMNS))
     if world()[0] == 0:
         atomic.write_text(out / paths.FRONTIER_CSV, table.to_csv(index=False))
+        atomic.write_with(out / paths.FRONTIER_SAMPLES, lambda f: np.savez_compressed(
+            f, **{name: np.asarray(records[name]["samples"], dtype=np.int32) for name in info}))
         float_metric = json.loads((out / paths.BASELINES_JSON).read_text())["float"]["metric"]
         summary = frontier.summarize(table, float_metric)
         atomic.write_text(out / paths.FRONTIER_SUMMARY_CSV, summary.to_csv(index=False))

@@ -77,7 +77,9 @@ class JobContext:
     ``evaluate`` (``precision``, ``channels_last``; ``compile`` and
     ``checkpoint_steps`` for ``fit`` only); ``loader_options``: keywords of ``make_loader`` (``num_workers``,
     ``prefetch_factor``, ``pin_memory``). A precision other than fp32 belongs in
-    the key (``experiment_context`` puts it there).
+    the key (``experiment_context`` puts it there). ``keep_samples``: each
+    record also holds ``samples``, the evaluation's per-sample counts
+    (``mpq.metrics.sample_stats``), which paired bootstrap intervals resample.
     """
 
     model: nn.Module
@@ -95,10 +97,12 @@ class JobContext:
     worker: str = "main"
     fit_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # fit/evaluate: precision, ...
     loader_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # make_loader: workers, ...
+    keep_samples: bool = False  # records carry the per-sample counts of the evaluation (bootstrap)
 
 
 def experiment_context(exp: Any, qmodel: nn.Module, teacher: nn.Module | None, *, epochs: float,
-                       eval_split: str, record_dir: str | Path, extra: Mapping[str, Any]) -> JobContext:
+                       eval_split: str, record_dir: str | Path, extra: Mapping[str, Any],
+                       keep_samples: bool = False) -> JobContext:
     """A context over the data of ``exp`` (an ``mpq.experiment.Experiment``) with its quantized recipe.
 
     Fine-tunes of ``epochs`` with ``exp.fit_settings("quant")``, the metric
@@ -119,7 +123,7 @@ def experiment_context(exp: Any, qmodel: nn.Module, teacher: nn.Module | None, *
                       batch_size=batch_size, device=str(exp.device), record_dir=str(record_dir), base_key=key,
                       fit_options={**speed, "compile": exp.cfg.speed.compile,
                                    "checkpoint_steps": exp.cfg.train.checkpoint_steps},
-                      loader_options=exp.loader_options())
+                      loader_options=exp.loader_options(), keep_samples=keep_samples)
 
 
 # ---- one job ---------------------------------------------------------------------------------
@@ -127,8 +131,12 @@ def experiment_context(exp: Any, qmodel: nn.Module, teacher: nn.Module | None, *
 def run_job(ctx: JobContext, job: Job) -> dict[str, Any]:
     """Apply ``job.bits``, seed, fine-tune, evaluate on ``ctx.eval_set``; return the record (no I/O).
 
-    The record: ``format, key, name, bits, seed, metric, train_loss`` (mean
-    loss of the last fine-tune epoch, NaN without one), ``seconds`` (this
+    The record: ``format, key, name, bits, seed, metric, eval_loss`` (mean
+    cross-entropy on ``ctx.eval_set``: a continuous signal beside the metric),
+    ``eval_loss_halves`` (the same over the even- and the odd-numbered samples:
+    split-half reliability),
+    ``train_loss`` (mean loss of the last fine-tune epoch, NaN without one),
+    ``samples`` (per-sample counts when ``ctx.keep_samples``, else absent), ``seconds`` (this
     job's wall time), ``worker, device, threads`` (this process's torch
     thread count, part of the key), ``steps`` and the sample counts
     ``train_samples`` (through the student in the fine-tune, = backward
@@ -151,14 +159,17 @@ def run_job(ctx: JobContext, job: Job) -> dict[str, Any]:
                     device=device, progress=False, checkpoint=partial, checkpoint_key=key, **ctx.fit_options)
         steps, loss = int(stats["steps"]), float(stats["loss"])
     # each rank evaluates its own job's model: its counts must not be summed with the others'
-    metric = evaluate(model, make_loader(ctx.eval_set, batch_size=ctx.batch_size, train=False, **ctx.loader_options),
+    result = evaluate(model, make_loader(ctx.eval_set, batch_size=ctx.batch_size, train=False, **ctx.loader_options),
                       task=ctx.task, num_classes=ctx.num_classes, ignore_index=ctx.ignore_index, device=device,
-                      across_ranks=False, **eval_options)
+                      across_ranks=False, detail=True, **eval_options)
     train_samples = steps * ctx.batch_size  # training loaders drop the last partial batch
     distilled = ctx.teacher is not None and ctx.settings.distill > 0
+    extra = {"samples": result["samples"].tolist()} if ctx.keep_samples else {}
+    halves = result["sample_loss"]
+    halves = [float(halves[h::2, 0].sum() / max(halves[h::2, 1].sum(), 1.0)) for h in (0, 1)]
     return {"format": RECORD_FORMAT, "key": key, "name": job.name,
-            "bits": plain_bits(job.bits), "seed": int(job.seed), "metric": float(metric),
-            "train_loss": loss, "seconds": time.perf_counter() - t0, "worker": ctx.worker,
+            "bits": plain_bits(job.bits), "seed": int(job.seed), "metric": float(result["metric"]),
+            "eval_loss": result["loss"], "eval_loss_halves": halves, **extra, "train_loss": loss, "seconds": time.perf_counter() - t0, "worker": ctx.worker,
             "device": device_name(device), "threads": threads, "steps": steps, "train_samples": train_samples,
             "eval_samples": len(ctx.eval_set),  # type: ignore[arg-type]
             "teacher_samples": train_samples if distilled else 0}

@@ -108,6 +108,7 @@ class EaglSettings:
 class AlpsSettings:
     epochs: float                # fine-tune per layer job (1 = one epoch of the training split)
     workers: int                 # parallel CPU worker processes (GPUs: one torchrun rank each)
+    retest: bool                 # run the jobs again from seed + 1: test-retest reliability (T9)
 
     def validate(self, key: str) -> None:
         check(self.epochs > 0, f"{key}.epochs", f"must be > 0, got {self.epochs} (epochs 0 is the noft baseline)")
@@ -119,6 +120,7 @@ class HessianSettings:
     samples: int                 # Hutchinson probe vectors
     batches: int                 # training batches the loss is averaged over
     chunk: int | str | None      # images per second-order pass: null (whole batch) | N | auto (halve on OOM)
+    retest: bool                 # a second set of probe vectors from seed + 1: test-retest reliability (T9)
 
     def validate(self, key: str) -> None:
         check(self.samples >= 2, f"{key}.samples", f"must be >= 2, got {self.samples}")
@@ -181,8 +183,8 @@ register(Method(
     description="entropy of each layer's trained low-precision weight codes; no data, no gradients"))
 register(Method(
     "alps", "ALPS", "#de8f05", "s", "proposed", "mpq.alps:run", step="alps", section="alps",
-    settings=AlpsSettings, records=True, profile=True, reference=True, score_label="ALPS score (metric drop, points)",
-    description="lower one layer, fine-tune, drop of the validation metric"))
+    settings=AlpsSettings, records=True, profile=True, reference=True, score_label="ALPS score (validation loss increase)",
+    description="lower one layer, fine-tune, increase of the validation loss"))
 register(Method(
     "hessian", "Hessian (HAWQ)", "#029e73", "^", "baseline", "mpq.hessian:run", section="hessian",
     settings=HessianSettings, params=("hessian", "seed"), profile=True,
@@ -191,9 +193,17 @@ register(Method(
 register(Method(
     "noft", "No-FT drop (AIMET)", "#cc78bc", "D", "baseline", "mpq.alps:run", params=("alps.workers",),
     records=True,
-    score_label="No-FT drop (points)",
-    description="lower one layer, no fine-tune, drop of the validation metric"))
+    score_label="No-FT score (validation loss increase)",
+    description="lower one layer, no fine-tune, increase of the validation loss"))
 register(Method(
     "random", "Random", "#949494", "v", "control", "mpq.controls:run_random", params=("seed",),
     per_seed=True, score_label="random score",
     description="random scores from a seed: a random mix under the same budget and cost model"))
+register(Method(
+    "largest", "Largest first", "#ca9161", "P", "control", "mpq.controls:run_largest",
+    score_label="constant score",
+    description="the same score for every layer: the knapsack lowers the fewest layers, the largest savings first"))
+register(Method(
+    "smallest", "Smallest first", "#56b4e9", "X", "control", "mpq.controls:run_smallest",
+    score_label="layer parameters",
+    description="score = the layer's parameter count: the knapsack lowers small layers first"))

@@ -36,8 +36,9 @@ from typing import Any
 
 import pandas as pd
 
-from . import atomic, claims, methods, plots, report_items, tables
+from . import atomic, claims, methods, paths, plots, report_items, stats, tables
 from .results import NetworkResults, load_network
+from .uncertainty import NetworkUncertainty
 
 __all__ = ["build", "assess"]
 
@@ -46,7 +47,7 @@ def assess(results: str | Path, networks: list[str], *, scale: str, tolerance: f
            compute_factor: float) -> pd.DataFrame:
     """T4 alone (no figures): the claims, their evidence and verdicts from the result files."""
     nets = [load_network(results, n) for n in networks]
-    facts = {n.network: claims.network_facts(n, n.summary(tolerance)) for n in nets}
+    facts = {n.network: claims.network_facts(n, n.summary(tolerance), _uncertainty(results, n)) for n in nets}
     return claims.claims(facts, tolerance=tolerance, compute_factor=compute_factor, scale=scale,
                          networks=[n.network for n in nets])
 
@@ -71,7 +72,8 @@ def build(results: str | Path, out: str | Path, networks: list[str], *, scale: s
     out.mkdir(parents=True, exist_ok=True)
     summaries = {n.network: n.summary(tolerance) for n in nets}
     uniforms = {n.network: n.uniform_points() for n in nets}
-    facts = {n.network: claims.network_facts(n, summaries[n.network]) for n in nets}
+    uncs = {n.network: _uncertainty(results, n) for n in nets}
+    facts = {n.network: claims.network_facts(n, summaries[n.network], uncs[n.network]) for n in nets}
     report = _Report(out)
     titles = {n.network: n.title for n in nets}
     ref = report_items.reference_method()
@@ -158,23 +160,37 @@ def build(results: str | Path, out: str | Path, networks: list[str], *, scale: s
                      "exceeds that row's.",
                      formats={"pearson_p": _p, "spearman_p": _p, "method": methods.label})
 
-    head, head_show = report_items.headline(nets, summaries, uniforms, tolerance)
+    rel = report_items.reliability(nets)
+    report.table(rel, "T9_reliability", "T9. Test-retest reliability of the sensitivity scores",
+                 "Per network and method, Spearman rank correlation over the candidate layers between two "
+                 "independent measurements of the same scores: 'seed' = the method run again from seed + 1 "
+                 "(ALPS: every fine-tune job; Hessian: a second set of Hutchinson probe vectors), 'split-half' "
+                 "= the loss-based score measured on the even- vs the odd-numbered validation images (ALPS, "
+                 "no-FT). A score whose retest correlation is low ranks layers by noise.",
+                 formats={"method": methods.label})
+    ci = f"{100 * stats.LEVEL:.0f} % paired bootstrap interval over test images and seeds ({stats.REPLICATES} replicates)"
+    head, head_show = report_items.headline(nets, summaries, uniforms, tolerance, uncs)
     report.table(head, "T1_headline", "T1. Headline per network",
                  f"Float, uniform 4-bit and 2-bit ({' / '.join(sorted({n.metric_name for n in nets}))}). Uniform "
                  "columns: the frontier's uniform points (same fine-tune recipe as the mixes; mean ± std over "
                  "seeds); '(baselines step)': the uniform models of `mpq baselines`. Per method: its cheapest own "
                  "mix (highest relative throughput; uniform ends excluded) whose mean metric is within "
-                 f"{tolerance:g} point(s) of float, as 'throughput (metric)', or none.", display=head_show)
-    t2, t2_show = report_items.matched(nets, summaries)
+                 f"{tolerance:g} point(s) of float, as 'throughput (metric)', or none. In brackets: the {ci}.",
+                 display=head_show)
+    t2, t2_show = report_items.matched(nets, summaries, uncs)
     report.table(t2, "T2_matched_throughput", "T2. Metric at matched throughput",
                  "Mean ± std over seeds of each method's configuration at each interior relative-throughput "
-                 "target (every method is allocated the same budget; achieved throughput >= target).",
-                 display=t2_show)
+                 "target (every method is allocated the same budget; achieved throughput >= target), and in "
+                 f"brackets the {ci}.", display=t2_show)
     t4 = claims.claims(facts, tolerance=tolerance, compute_factor=compute_factor, scale=scale,
                        networks=[n.network for n in nets])
     report.table(t4, "T4_claims", "T4. The paper's claims: measured evidence and verdicts",
-                 f"Verdicts computed from the data above (mpq.claims) at {scale} scale; tolerance "
-                 f"{tolerance:g} point(s) of float; compute threshold {compute_factor:g}x.")
+                 f"Verdicts computed from the data above (mpq.claims) at {scale} scale. C1-C3 from {ci}s: a "
+                 "mix recovers float when the interval of (mix - float) stays above minus the half-width of "
+                 "float's own interval; a frontier is better when the interval of its AUC minus the best "
+                 "baseline's or control's is above 0, worse when below, otherwise inconclusive. Without "
+                 f"per-sample results: means, tolerance {tolerance:g} point(s) of float. C4: device-seconds, "
+                 f"threshold {compute_factor:g}x, per proposed method.")
 
     items = report.items
     metrics = out / "metrics.json"
@@ -188,6 +204,11 @@ def build(results: str | Path, out: str | Path, networks: list[str], *, scale: s
     items["frontier_points"] = fp
     items["index"] = _index(out, items, report.captions, scale)
     return items
+
+
+def _uncertainty(results: str | Path, net: NetworkResults) -> NetworkUncertainty | None:
+    """The network's bootstrap resampling (``mpq.uncertainty``), or None without per-sample results."""
+    return NetworkUncertainty.load(paths.network_dir(net.network, results), net.frontier, net.task)
 
 
 class _Report:

@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import allocate, bitconfig, checkpoint, methods, paths
+from . import allocate, bitconfig, checkpoint, diagnostics, methods, paths
 from .claims import PAPER_CHEAP_METHOD, mixes, ratio, recovers_at
 from .frontier import UNIFORM
-from .quantizers import lsq_init_step
 from .results import NetworkResults
 from .sensitivity import CostRecord, allocator_table
+from .uncertainty import ci_text
 
 __all__ = ["ABLATION_COSTS", "reference_method", "profiles", "rank_correlations", "compute_table", "headline",
            "matched", "ablation", "metrics", "clean", "device_seconds", "profiled_methods", "additivity", "LAYER_COUNT",
@@ -98,12 +98,14 @@ def profiles(nets: Sequence[NetworkResults], *, cost_kind: str, start_bits: int,
 
 
 def rank_correlations(nets: Sequence[NetworkResults]) -> tuple[pd.DataFrame, list[dict]]:
-    """T5 and F5: every method's scores against the reference's (ALPS), per network."""
+    """T5 and F5: every method's scores against the reference's (ALPS), per network (a method whose
+    scores are all equal, the ``largest`` control, has no rank correlation and is left out)."""
     rows, panels = [], []
     ref = reference_method()
     for net in nets:
         ref_scores = net.scores(ref)
-        for m in [m for m in methods.names() if m != ref and m in net.sensitivity]:
+        for m in [m for m in methods.names() if m != ref and m in net.sensitivity
+                  and net.sensitivity[m]["score"].nunique() > 1]:
             s = net.scores(m)
             x = np.array([ref_scores[l] for l in s])
             y = np.array([s[l] for l in s])
@@ -164,7 +166,8 @@ def additivity(nets: Sequence[NetworkResults], results: str | Path, *, low_bits:
     for net in nets:
         configs = _config_drops(net, paths.network_dir(net.network, results), low_bits)
         measured = configs["measured_drop"].to_numpy(float)
-        scored = [m for m in methods.names() if m in net.sensitivity and not methods.get(m).per_seed]
+        # the methods' own score tables; the controls only know sizes (the layer-count row stands for them)
+        scored = [m for m in methods.names() if m in net.sensitivity and methods.get(m).role != "control"]
         for m in scored + [LAYER_COUNT]:
             s = dict.fromkeys(net.candidates, 1.0) if m == LAYER_COUNT else net.scores(m)
             predicted = np.array([math.fsum(s[l] for l in low if l in s) for low in configs["low"]], float)  # exact: set order varies
@@ -185,21 +188,9 @@ def additivity(nets: Sequence[NetworkResults], results: str | Path, *, low_bits:
 
 
 def _step_ratios(fstate: Mapping[str, Any], folder: Path, name: str, layers: Sequence[str]) -> np.ndarray:
-    """Trained / initial weight step of ``layers`` in the checkpoint ``name`` (a uniform LSQ model).
-
-    The uniform models are fine-tuned from the float checkpoint, and LSQ starts
-    a layer's weight step at ``2 mean|w| / sqrt(Q_P)`` of the float weights at
-    the layer's bits (``mpq.quantizers.lsq_init_step``): the ratio says how far
-    training moved the step (1.0: not at all). Per-channel steps are averaged.
-    ``fstate`` is the float checkpoint's state dict.
-    """
+    """Trained / initial weight step of ``layers`` in the checkpoint ``name`` (``mpq.diagnostics``)."""
     qstate, meta = checkpoint.load(folder / name)
-    ratios = []
-    for layer in layers:
-        w, step = fstate[f"{layer}.weight"].abs(), qstate[f"{layer}.wq.step"]
-        mean = w.flatten(1).mean(1).view_as(step) if step.numel() > 1 else w.mean()
-        ratios.append(float((step / lsq_init_step(mean, int(meta["bits"][layer]), True)).mean()))
-    return np.array(ratios)
+    return diagnostics.step_ratios(fstate, qstate, meta["bits"], layers)
 
 
 def step_diagnostic(nets: Sequence[NetworkResults], results: str | Path, *, start_bits: int,
@@ -252,8 +243,10 @@ def compute_table(nets: Sequence[NetworkResults]) -> pd.DataFrame:
 
 
 def headline(nets: Sequence[NetworkResults], summaries: Mapping[str, pd.DataFrame],
-             uniforms: Mapping[str, pd.DataFrame], tolerance: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """T1: float, the uniform ends, and per method its cheapest own mix within tolerance of float."""
+             uniforms: Mapping[str, pd.DataFrame], tolerance: float,
+             uncs: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """T1: float, the uniform ends, and per method its cheapest own mix within tolerance of float;
+    with ``uncs`` (``mpq.uncertainty`` per network) every number gets its bootstrap interval."""
     rows, show = [], []
     shown = [m for m in methods.names() if any(m in n.frontier_methods for n in nets)]
     for net in nets:
@@ -264,9 +257,17 @@ def headline(nets: Sequence[NetworkResults], summaries: Mapping[str, pd.DataFram
             row[k] = float(r["metric_mean"]) if r is not None else math.nan
             row[f"{k}_std"] = float(r["metric_std"]) if r is not None else math.nan
             row[f"{k}_baseline"] = float(net.baselines.get(k, {}).get("metric", math.nan))
-        disp = {"network": net.title, "metric": net.metric_name, "float": f"{net.float_metric:.2f}",
-                "uniform 4-bit": _pm(row["uniform4"], row["uniform4_std"]),
-                "uniform 2-bit": _pm(row["uniform2"], row["uniform2_std"]),
+        unc = (uncs or {}).get(net.network)
+        cis = {"float": unc.interval(unc.float_values()) if unc else (math.nan, math.nan)}
+        for k, r in ends.items():
+            cis[k] = unc.interval(unc.config(UNIFORM, float(r["target"]))) if unc and r is not None \
+                else (math.nan, math.nan)
+        for k, (lo, hi) in cis.items():
+            row[f"{k}_ci_low"], row[f"{k}_ci_high"] = lo, hi
+        disp = {"network": net.title, "metric": net.metric_name,
+                "float": f"{net.float_metric:.2f} {ci_text(*cis['float'])}",
+                "uniform 4-bit": f"{_pm(row['uniform4'], row['uniform4_std'])} {ci_text(*cis['uniform4'])}",
+                "uniform 2-bit": f"{_pm(row['uniform2'], row['uniform2_std'])} {ci_text(*cis['uniform2'])}",
                 "4-bit (baselines step)": f"{row['uniform4_baseline']:.2f}",
                 "2-bit (baselines step)": f"{row['uniform2_baseline']:.2f}"}
         for m in shown:
@@ -276,7 +277,13 @@ def headline(nets: Sequence[NetworkResults], summaries: Mapping[str, pd.DataFram
             hit = recovers_at(mixes(summaries[net.network], m), net.float_metric, tolerance)
             row[f"{m}_fp_at"] = round(hit[0], 4) if hit else "none"
             row[f"{m}_fp_metric"] = round(hit[1], 4) if hit else "none"
-            disp[methods.label(m)] = f"{hit[0]:.2f}x ({hit[1]:.2f})" if hit else "none"
+            lo = hi = math.nan
+            if hit and unc:
+                s = summaries[net.network]
+                t = s[(s.method == m) & ~s["uniform_end"] & np.isclose(s["rel_throughput"], hit[0])]["target"]
+                lo, hi = unc.interval(unc.config(m, float(t.iloc[0])))
+            row[f"{m}_fp_ci_low"], row[f"{m}_fp_ci_high"] = lo, hi
+            disp[methods.label(m)] = f"{hit[0]:.2f}x ({hit[1]:.2f} {ci_text(lo, hi)})" if hit else "none"
         rows.append(row)
         show.append(disp)
     return pd.DataFrame(rows), pd.DataFrame(show)
@@ -286,12 +293,13 @@ def _pm(mean: float, std: float) -> str:
     return "n/a" if not math.isfinite(mean) else f"{mean:.2f} ± {std:.2f}"
 
 
-def matched(nets: Sequence[NetworkResults], summaries: Mapping[str, pd.DataFrame]
-            ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """T2: each method's mean ± std at every interior target."""
+def matched(nets: Sequence[NetworkResults], summaries: Mapping[str, pd.DataFrame],
+            uncs: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """T2: each method's mean ± std at every interior target, with its bootstrap interval (``uncs``)."""
     rows, show = [], []
     for net in nets:
         s = summaries[net.network]
+        unc = (uncs or {}).get(net.network)
         for t in net.interior_targets():
             at = s[np.isclose(s["target"], t)]
             row = {"network": net.network, "target": t}
@@ -302,7 +310,9 @@ def matched(nets: Sequence[NetworkResults], summaries: Mapping[str, pd.DataFrame
                 std = float(r["metric_std"].iloc[0]) if len(r) else math.nan
                 row[f"{m}_mean"], row[f"{m}_std"] = mean, std
                 row[f"{m}_rel_throughput"] = float(r["rel_throughput"].iloc[0]) if len(r) else math.nan
-                disp[methods.label(m)] = _pm(mean, std)
+                lo, hi = unc.interval(unc.config(m, t)) if unc and len(r) else (math.nan, math.nan)
+                row[f"{m}_ci_low"], row[f"{m}_ci_high"] = lo, hi
+                disp[methods.label(m)] = f"{_pm(mean, std)} {ci_text(lo, hi)}"
             rows.append(row)
             show.append(disp)
     return pd.DataFrame(rows), pd.DataFrame(show)
@@ -315,11 +325,13 @@ def _variant_scores(net: NetworkResults, method: str, variant: str) -> dict[str,
 
 
 def ablation(nets: Sequence[NetworkResults], *, start_bits: int, low_bits: int) -> pd.DataFrame:
-    """T6 and F7: every variant of the methods that have variants (EAGL) x cost model, each choice
-    read through the reference's scores (ALPS: a training-free additive proxy of the drop)."""
+    """T6 and F7: every variant of the methods that have variants (EAGL) and the deterministic
+    controls (largest / smallest first) x cost model, each choice read through the reference's
+    scores (ALPS: a training-free additive proxy of the drop)."""
     rows = []
     ref = reference_method()
     varied = [m for m in methods.METHODS.values() if m.variants]
+    controls = [m for m in methods.names(role="control") if not methods.get(m).per_seed]
     for net in nets:
         n = len(net.interior_targets())
         if n == 0:
@@ -330,7 +342,9 @@ def ablation(nets: Sequence[NetworkResults], *, start_bits: int, low_bits: int) 
             targets = allocate.target_grid(model[0], n + 2, reference_bits=start_bits, fixed_cost=model[1])[1:-1]
             best_sets = _allocate(net, ref_scores, kind, targets, start_bits, low_bits, model)
             choices = [(v, _allocate(net, _variant_scores(net, m.name, v), kind, targets, start_bits, low_bits,
-                                     model)) for m in varied for v in m.variants] + [(ref, best_sets)]
+                                     model)) for m in varied for v in m.variants] + [
+                (c, _allocate(net, net.scores(c), kind, targets, start_bits, low_bits, model))
+                for c in controls if c in net.sensitivity] + [(ref, best_sets)]
             for variant, sets in choices:
                 for t, low, best in zip(targets, sets, best_sets):
                     rows.append({"network": net.network, "cost": kind, "target": float(t), "variant": variant,
@@ -376,3 +390,26 @@ def metrics(nets: Sequence[NetworkResults], summaries: Mapping[str, pd.DataFrame
     return clean(out)
 
 
+
+
+def reliability(nets: Sequence[NetworkResults]) -> pd.DataFrame:
+    """T9: per network and method, the Spearman correlation between two measurements of its scores.
+
+    ``seed``: the score table's ``retest_score`` column (the method computed
+    again from seed + 1, ``Experiment.retests``); ``split-half``: its
+    ``score_half_a`` vs ``score_half_b`` (the loss-based score on the even- and
+    odd-numbered validation images). Methods without either are left out.
+    """
+    rows = []
+    for net in nets:
+        for m in methods.names():
+            t = net.sensitivity.get(m)
+            if t is None:
+                continue
+            for kind, (a, b) in (("seed", ("score", "retest_score")), ("split-half", ("score_half_a", "score_half_b"))):
+                if a in t.columns and b in t.columns:
+                    x, y = t[a].astype(float), t[b].astype(float)
+                    rho, p = stats.spearmanr(x, y)
+                    rows.append({"network": net.network, "method": m, "retest": kind, "layers": len(t),
+                                 "spearman": float(rho), "spearman_p": float(p)})
+    return pd.DataFrame(rows, columns=["network", "method", "retest", "layers", "spearman", "spearman_p"])

@@ -106,10 +106,13 @@ def test_table_scores_and_cost(setup):
     s = run(setup)
     assert s.method == "alps"
     assert list(s.table.columns[:4]) == ["layer", "bits_from", "bits_to", "score"]
-    assert {"metric", "reference_metric", "train_loss", "seconds", "worker"} <= set(s.table.columns)
+    assert {"metric", "reference_metric", "metric_drop", "eval_loss", "reference_loss", "score_half_a",
+            "score_half_b", "train_loss", "seconds", "worker"} <= set(s.table.columns)
     assert list(s.table["layer"]) == mpq.candidate_layers(q) == ["block.conv1", "block.conv2", "conv3"]
     assert (s.table["bits_from"] == 4).all() and (s.table["bits_to"] == 2).all()
-    assert (s.table["score"] == s.table["reference_metric"] - s.table["metric"]).all()
+    assert (s.table["score"] == s.table["eval_loss"] - s.table["reference_loss"]).all()
+    assert (s.table["metric_drop"] == s.table["reference_metric"] - s.table["metric"]).all()
+    assert s.table["score"].nunique() == len(s.table)  # a continuous score: no ties
     assert s.for_allocator() == allocator_table(s.scores, 4, 2)  # negative scores floored
     # the caller's model is untouched
     assert all(torch.equal(v, before[k]) for k, v in q.state_dict().items())
@@ -272,8 +275,16 @@ def test_no_finetune_drop(setup, monkeypatch):
         assert s.meta["reference_metric"] == evaluate(q, loader, task="classification", num_classes=4)
         for row in s.table.itertuples():
             reduced = mpq.set_bits(copy.deepcopy(q), {row.layer: 2})
-            metric = evaluate(reduced, loader, task="classification", num_classes=4)
-            assert row.metric == metric and row.score == s.meta["reference_metric"] - metric
+            got = evaluate(reduced, loader, task="classification", num_classes=4, detail=True)
+            with torch.no_grad():
+                loss = torch.nn.functional.cross_entropy(torch.cat([reduced.eval()(x) for x, _ in loader]),
+                                                         torch.cat([y for _, y in loader]))
+            assert got["loss"] == pytest.approx(float(loss), rel=1e-5)
+            assert row.metric == got["metric"] and row.metric_drop == s.meta["reference_metric"] - got["metric"]
+            assert row.score == pytest.approx(got["loss"] - s.meta["reference_loss"], abs=1e-9)
+            # the split halves: the same loss over the even- and odd-numbered samples
+            halves = got["sample_loss"]
+            assert (halves[0::2, 0].sum() + halves[1::2, 0].sum()) / len(halves) == pytest.approx(got["loss"])
     assert s.table["score"].abs().sum() > 0  # 2 bits without a fine-tune hurts this net
     assert run(setup, settings=replace(SETTINGS, epochs=0), method="custom").method == "custom"
 

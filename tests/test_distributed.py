@@ -29,7 +29,8 @@ def test_torchrun_two_ranks_end_to_end(embedded, tmp_path):
     for step in (["baselines"], ["sensitivity", "--method", "noft", "--method", "eagl"], ["frontier"]):
         extra = ["--network", "resnet50", "--out", str(tmp_path / "res"), "--quiet"]
         if step[0] == "frontier":  # the frontier needs every method in frontier.methods
-            subprocess.run(torchrun + ["sensitivity", "--method", "alps", "--method", "hessian"] + extra,
+            subprocess.run(torchrun + ["sensitivity", "--method", "alps", "--method", "hessian", "--method", "largest",
+                                       "--method", "smallest"] + extra,
                            env=env, check=True, capture_output=True, timeout=600)
         proc = subprocess.run(torchrun + step + extra, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]

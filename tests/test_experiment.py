@@ -1,7 +1,9 @@
 """Experiment glue and the baselines step: checkpoints, resume, mismatches, CLI errors."""
+import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,7 +21,13 @@ def test_baselines_train_checkpoint_and_resume(micro_params, tmp_path):
     assert set(res) == {"float", "uniform4", "uniform2"}
     assert all(0 <= r["metric"] <= 100 for r in res.values())
     files = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
-    assert set(files) == {"float.pt", "uniform4.pt", "uniform2.pt", "baselines.json"}
+    assert set(files) == {"float.pt", "uniform4.pt", "uniform2.pt", "baselines.json", "baselines_samples.npz",
+                          "step_diagnostic.json"}
+    with np.load(tmp_path / "baselines_samples.npz") as z:  # per test image: [right, 1]
+        assert set(z.files) == set(res) and all(100 * z[k][:, 0].mean() == pytest.approx(res[k]["metric"])
+                                                for k in res)
+    diag = json.loads((tmp_path / "step_diagnostic.json").read_text())
+    assert set(diag) == {"uniform4.pt", "uniform2.pt"} and "score_cv_pct" in diag["uniform4.pt"]
     _, meta = checkpoint.load(tmp_path / "uniform2.pt")
     cands = [n for n, b in meta["bits"].items() if n not in ("conv1", "fc")]
     assert {meta["bits"][n] for n in cands} == {2} and meta["bits"]["fc"] == 8

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mpq import bitconfig, checkpoint, claims, cost, frontier, methods, report, results, tables
+from mpq import bitconfig, checkpoint, claims, cost, frontier, methods, paths, report, results, tables
 from mpq.quantizers import lsq_init_step
 
 SETTINGS = {"start_bits": 4, "low_bits": 2, "tolerance": 0.1, "compute_factor": 100.0, "cost_kind": "throughput"}
@@ -24,10 +24,11 @@ FLOAT = {"resnet50": 90.0, "pspnet": 60.0}
 FIGURES = {"F1_frontier_resnet50", "F3_frontier_pspnet", "F4_sensitivity_profiles", "F5_rank_correlation",
            "F6_compute_time", "F7_ablation", "F8_additivity"}
 TABLES = {"T1_headline", "T2_matched_throughput", "T3_compute_time", "T4_claims", "T5_rank_correlation",
-          "T6_ablation", "T7_additivity", "T8_step_diagnostic"}
+          "T6_ablation", "T7_additivity", "T8_step_diagnostic", "T9_reliability"}
 
 
 STEP_MOVE = {4: (1.0, 1.0), 2: (0.9, 1.2)}  # trained / initial step of the even and odd layers
+TEST_IMAGES = 4000  # per-image results: enough that a 4-point gap lies outside the intervals
 
 
 class _State:
@@ -76,14 +77,18 @@ def write_results(root, network: str, *, agree: bool = True, n: int = 12, seeds=
         "eagl": pd.DataFrame({"score": entropy, "entropy": entropy, "params": [params[l] for l in cands],
                               "levels_used": 9, "entropy_low": entropy * 0.5}),
         "alps": pd.DataFrame({"score": ranked + noise(0.0005), "metric": u4 - t, "reference_metric": u4,
-                              "seconds": 2.0}),
+                              "seconds": 2.0, "retest_score": ranked + noise(0.3),
+                              "score_half_a": ranked + noise(0.1), "score_half_b": ranked + noise(0.1)}),
         "hessian": pd.DataFrame({"score": rng.uniform(0.01, 2.0, n), "trace": 1.0, "trace_stderr": 0.1,
                                  "params": [params[l] for l in cands], "qerr_from": 0.4, "qerr_to": 3.0}),
         "noft": pd.DataFrame({"score": rng.normal(1.0, 1.0, n), "metric": 80.0, "reference_metric": u4,
                               "seconds": 0.5}),
         "random": pd.DataFrame({"score": rng.random(n)}),
+        "largest": pd.DataFrame({"score": np.ones(n)}),
+        "smallest": pd.DataFrame({"score": [float(params[l]) for l in cands]}),
     }
-    seconds = {"eagl": 0.01 if agree else 2.0, "alps": 60.0, "hessian": 5.0, "noft": 8.0, "random": 0.0}
+    seconds = {"eagl": 0.01 if agree else 2.0, "alps": 60.0, "hessian": 5.0, "noft": 8.0, "random": 0.0,
+               "largest": 0.0, "smallest": 0.0}
     workers = {"alps": 2, "noft": 2}
     for m, table in scores.items():
         table.insert(0, "layer", cands)
@@ -125,6 +130,13 @@ def write_results(root, network: str, *, agree: bool = True, n: int = 12, seeds=
                          "seconds": 1.0, "config": str(d / "configs" / f"{p.name(seed)}.yaml")})
     table = pd.DataFrame(rows, columns=list(frontier.RESULT_COLUMNS))
     table.to_csv(d / "frontier.csv", index=False)
+    if network == "resnet50":  # per-test-image results (bootstrap intervals); PSPNet goes without them
+        u = np.random.default_rng(99).random(TEST_IMAGES)  # one draw: paired predictions across configs
+        right = lambda metric: np.stack([(u < metric / 100).astype(np.int32),  # noqa: E731
+                                         np.ones(TEST_IMAGES, np.int32)], 1)
+        np.savez(d / paths.FRONTIER_SAMPLES, **{f"{r['method']}-t{r['target']:.4f}-s{r['seed']}": right(r["metric"])
+                                                 for r in rows})
+        np.savez(d / paths.BASELINES_SAMPLES, float=right(fp), uniform4=right(u4), uniform2=right(40.0))
     frontier.summarize(table, fp).to_csv(d / "frontier_summary.csv", index=False)
     (d / "frontier_inputs.json").write_text(json.dumps(results.frontier_inputs(
         d, [m for m in set(table["method"]) if (d / "sensitivity" / f"{m}.csv").is_file()])))
@@ -174,10 +186,19 @@ def test_tables_have_their_columns_and_numbers(built):
     fp_at = {m: pd.to_numeric(t1[f"{m}_fp_at"], errors="coerce") for m in methods.names()}
     assert ((fp_at["eagl"] > 1.0) | (fp_at["alps"] > 1.0)).all() and (fp_at["alps"] > 1.0).all()
     assert fp_at["random"].isna().all() and set(t1.random_fp_at) == {"none"}
+    # intervals where the per-image results exist (ResNet-50), none where they do not (PSPNet)
+    r50, psp = t1.set_index("network").loc["resnet50"], t1.set_index("network").loc["pspnet"]
+    assert r50.float_ci_low < FLOAT["resnet50"] < r50.float_ci_high and np.isnan(psp.float_ci_low)
+    assert r50.uniform4_ci_low < r50.uniform4 < r50.uniform4_ci_high
     t2 = pd.read_csv(out / "T2_matched_throughput.csv")
     assert len(t2) == 2 * 3
     _numbers_ok(t2, ["target"] + [f"{m}_{k}" for m in methods.names() for k in ("mean", "std", "rel_throughput")])
     assert (t2.eagl_mean > t2.random_mean).all()
+    t9 = pd.read_csv(out / "T9_reliability.csv")
+    assert set(zip(t9.method, t9.retest)) == {("alps", "seed"), ("alps", "split-half")}
+    assert (t9[t9.retest == "split-half"].spearman > t9[t9.retest == "seed"].spearman.min()).all()  # less noise
+    t4 = pd.read_csv(out / "T4_claims.csv").set_index("id")
+    assert "minus float: [" in t4.loc["C1", "evidence"] and "[" not in t4.loc["C3", "evidence"]
     t3 = pd.read_csv(out / "T3_compute_time.csv")
     assert {"seconds", "device_seconds", "device", "workers", "forward_passes", "backward_passes", "epochs",
             "ratio_to_eagl", "units"} <= set(t3.columns)
@@ -190,7 +211,7 @@ def test_tables_have_their_columns_and_numbers(built):
     eagl = t5[t5.method == "eagl"]
     assert (eagl.spearman > 0.8).all() and (eagl.layers == 12).all()
     t6 = pd.read_csv(out / "T6_ablation.csv")
-    assert set(t6.variant) == {"entropy", "entropy_x_params", "entropy_drop", "alps"}
+    assert set(t6.variant) == {"entropy", "entropy_x_params", "entropy_drop", "largest", "smallest", "alps"}
     assert set(t6.cost) == {"throughput", "bops"} and set(t6.network) == set(NETWORKS)
     _numbers_ok(t6, ["target", "n_low", "alps_predicted_drop", "alps_optimal_drop", "jaccard_vs_alps"])
     assert (t6.alps_predicted_drop >= t6.alps_optimal_drop - 1e-9).all()  # ALPS's choice is the proxy's optimum

@@ -1,0 +1,86 @@
+"""Paired bootstrap intervals over test images and fine-tune seeds.
+
+Every frontier job and baseline model keeps its per-test-sample counts
+(``mpq.metrics.sample_stats``): rows whose column sums give the metric. A
+bootstrap replicate draws the test images with replacement (one count per
+image, ``image_weights``) and the fine-tune seeds with replacement
+(``seed_weights``); a configuration's replicate value is the seed-weighted
+mean of its metric over the drawn images. Comparisons are *paired*: every
+configuration of a network is evaluated under the same replicates (the same
+drawn images and the same drawn seeds), so the interval of a difference
+holds what is common to both sides fixed, as a paired test does.
+
+Intervals are percentile intervals (``level`` two-sided) of the replicate
+values; a difference is "clearly above" zero when its whole interval is.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .metrics import metric_from_sums
+
+__all__ = ["Replicates", "replicates", "interval", "LEVEL", "REPLICATES"]
+
+LEVEL = 0.95         # two-sided coverage of every interval
+REPLICATES = 2000    # bootstrap replicates per network
+
+
+@dataclass(frozen=True)
+class Replicates:
+    """The shared resampling of one network: ``image_weights`` ``(B, N)``, ``seed_weights`` ``(B, S)``."""
+
+    image_weights: np.ndarray
+    seed_weights: np.ndarray
+
+    @classmethod
+    def draw(cls, images: int, seeds: int, *, reps: int = REPLICATES, seed: int = 0) -> Replicates:
+        """``reps`` replicates over ``images`` test samples and ``seeds`` fine-tune seeds
+        (multinomial counts; one seed: its weight is always 1)."""
+        if images < 1 or seeds < 1 or reps < 1:
+            raise ValueError(f"need at least one image, seed and replicate, got {images}, {seeds}, {reps}")
+        rng = np.random.default_rng(seed)
+        w = rng.multinomial(images, np.full(images, 1.0 / images), size=reps).astype(np.float64)
+        v = rng.multinomial(seeds, np.full(seeds, 1.0 / seeds), size=reps).astype(np.float64)
+        return cls(w, v)
+
+    def values(self, samples: np.ndarray | Sequence[np.ndarray], task: str) -> np.ndarray:
+        """Replicate values ``(B,)`` of one configuration: ``samples`` ``(S, N, k)``, one row block per seed.
+
+        A configuration with one model (float) passes ``S = 1``; it then ignores
+        the seed draw. Raises ``ValueError`` when ``N`` or ``S`` do not match
+        the draw.
+        """
+        x = np.asarray(samples, dtype=np.float64)
+        if x.ndim == 2:
+            x = x[None]
+        s, n, _ = x.shape
+        if n != self.image_weights.shape[1]:
+            raise ValueError(f"{n} samples per seed, the draw has {self.image_weights.shape[1]} images")
+        # (B, S, k): every seed's column sums under every replicate's image counts
+        sums = np.einsum("bn,snk->bsk", self.image_weights, x)
+        metric = metric_from_sums(torch.from_numpy(sums), task).numpy()  # (B, S)
+        if s == 1:
+            return metric[:, 0]
+        if s != self.seed_weights.shape[1]:
+            raise ValueError(f"{s} seeds, the draw has {self.seed_weights.shape[1]}")
+        return (metric * self.seed_weights).sum(1) / self.seed_weights.sum(1)
+
+
+def replicates(images: int, seeds: int, *, reps: int = REPLICATES, seed: int = 0) -> Replicates:
+    """``Replicates.draw``: the one resampling every comparison of a network shares."""
+    return Replicates.draw(images, seeds, reps=reps, seed=seed)
+
+
+def interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The two-sided percentile interval of replicate values (NaN-free), ``(low, high)``."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(v, [a, 1.0 - a])
+    return float(lo), float(hi)

@@ -1,0 +1,154 @@
+"""Paired bootstrap intervals (mpq.stats, mpq.uncertainty), per-sample counts (mpq.metrics),
+the size controls (mpq.controls), the step diagnostic (mpq.diagnostics) and the interval verdicts
+and reliability table of the report (mpq.claims, mpq.report_items)."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mpq import claims, controls, diagnostics, paths, report_items, stats
+from mpq.metrics import metric_from_sums, miou, sample_stats, top1
+from mpq.quantizers import lsq_init_step
+from mpq.uncertainty import NetworkUncertainty, ci_text
+
+
+def test_sample_stats_sum_to_the_metric():
+    torch.manual_seed(0)
+    p, t = torch.randint(0, 4, (6, 5, 5)), torch.randint(0, 4, (6, 5, 5))
+    t[0, 0, 0] = 255
+    rows = sample_stats(p, t, task="segmentation", num_classes=4)
+    assert rows.shape == (6, 8)
+    assert float(metric_from_sums(rows.sum(0), "segmentation")) == pytest.approx(miou(p, t, num_classes=4))
+    p, t = torch.randint(0, 3, (10,)), torch.randint(0, 3, (10,))
+    rows = sample_stats(p, t, task="classification", num_classes=3)
+    assert float(metric_from_sums(rows.sum(0), "classification")) == pytest.approx(top1(p, t))
+
+
+def _samples(rng, acc, n=400, seeds=4):
+    return np.stack([np.stack([(rng.random(n) < acc).astype(np.int64), np.ones(n, np.int64)], 1)
+                     for _ in range(seeds)])
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_more_images():
+    rng = np.random.default_rng(0)
+    small, large = _samples(rng, 0.8, n=200), _samples(rng, 0.8, n=3200)
+    widths = []
+    for x in (small, large):
+        r = stats.replicates(x.shape[1], x.shape[0], reps=500, seed=1)
+        v = r.values(x, "classification")
+        lo, hi = stats.interval(v)
+        point = 100 * x[..., 0].mean()
+        assert lo < point < hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2  # 16x the images: about a quarter of the width
+
+
+def test_paired_difference_is_tighter_than_unpaired_and_detects_a_shift():
+    rng = np.random.default_rng(0)
+    a = _samples(rng, 0.8, n=1000)
+    b = a.copy()
+    flip = rng.random(b.shape[:2]) < 0.03  # b: the same predictions, 3 % of them made wrong
+    b[..., 0] = np.where(flip, 0, b[..., 0])
+    r = stats.replicates(1000, 4, reps=500)
+    lo, hi = stats.interval(r.values(a, "classification") - r.values(b, "classification"))
+    assert lo > 0  # a is better, and the paired interval sees it
+    other = stats.replicates(1000, 4, reps=500, seed=7)
+    ulo, uhi = stats.interval(r.values(a, "classification") - other.values(b, "classification"))
+    assert hi - lo < (uhi - ulo) / 2
+
+
+def test_values_refuse_mismatched_samples():
+    r = stats.replicates(10, 2, reps=5)
+    with pytest.raises(ValueError, match="samples per seed"):
+        r.values(np.ones((2, 11, 2)), "classification")
+    with pytest.raises(ValueError, match="seeds"):
+        r.values(np.ones((3, 10, 2)), "classification")
+    assert ci_text(float("nan"), 1.0) == "n/a" and ci_text(1.0, 2.5) == "[1.00, 2.50]"
+
+
+def _frontier(tmp_path, rng, shifts):
+    """A fake network's frontier: uniform ends and two methods at two targets, 2 seeds, samples files."""
+    n, rows, samples = 300, [], {}
+    base = rng.random(n)
+    def preds(acc):
+        return np.stack([(base < acc).astype(np.int64), np.ones(n, np.int64)], 1)
+    points = [("uniform", 1.0, 1.0, 0.9), ("uniform", 2.0, 2.0, 0.5)]
+    for m, shift in shifts.items():
+        points += [(m, 1.3, 1.3, 0.8 + shift), (m, 1.6, 1.6, 0.7 + shift)]
+    for m, t, x, acc in points:
+        for s in (0, 1):
+            rows.append({"method": m, "target": t, "seed": s, "rel_throughput": x, "metric": 100 * acc})
+            samples[f"{m}-t{t:.4f}-s{s}"] = preds(acc)
+    np.savez(tmp_path / paths.FRONTIER_SAMPLES, **samples)
+    np.savez(tmp_path / paths.BASELINES_SAMPLES, float=preds(0.9), uniform4=preds(0.9), uniform2=preds(0.5))
+    return pd.DataFrame(rows)
+
+
+def test_network_uncertainty_auc_and_verdicts(tmp_path, monkeypatch):
+    rng = np.random.default_rng(123)  # not the draw's seed 0: the same stream would correlate them
+    frontier = _frontier(tmp_path, rng, {"eagl": 0.05, "hessian": 0.0})
+    unc = NetworkUncertainty.load(tmp_path, frontier, "classification", reps=300)
+    assert unc is not None
+    lo, hi = unc.interval(unc.config("eagl", 1.3))
+    point = float(frontier[(frontier.method == "eagl") & (frontier.target == 1.3)]["metric"].mean())
+    assert lo <= point <= hi
+    assert unc.auc("eagl").mean() > unc.auc("hessian").mean()
+    lo, hi = unc.diff(unc.auc("eagl"), unc.auc("hessian"))
+    assert lo > 0  # 5 points better everywhere, paired on the same images
+    monkeypatch.setattr(claims, "_ours", lambda: ["eagl"])
+    monkeypatch.setattr(claims, "_compared", lambda: ["hessian"])
+    facts = {"auc": {"eagl": float(unc.auc("eagl").mean()), "hessian": float(unc.auc("hessian").mean())},
+             "unc": unc, "float": 90.0,
+             "targets": {"eagl": [(1.3, 85.0, 1.3), (1.6, 75.0, 1.6)]}}
+    outcomes, words = claims._frontier_ci(facts)
+    assert outcomes == [claims.YES] and "minus Hessian" in words
+    outcomes, words = claims._recovery_ci(facts)
+    assert outcomes == [claims.NO] and "not recovered" in words  # 5 points under float
+    # no samples: no uncertainty
+    (tmp_path / paths.FRONTIER_SAMPLES).unlink()
+    assert NetworkUncertainty.load(tmp_path, frontier, "classification") is None
+
+
+def test_three_way_verdicts():
+    v = claims._verdict3
+    assert v([claims.YES, claims.YES], []) == "reproduced"
+    assert v([claims.YES, claims.NO], []) == "partially reproduced"
+    assert v([claims.NO, claims.NO], []) == "not reproduced"
+    assert v([claims.NO, claims.UNSURE], []) == "inconclusive"
+    assert v([claims.UNSURE], []) == "inconclusive"
+    assert v([], []) == "not testable"
+
+
+def test_size_controls():
+    params = {"a": 10, "b": 1000, "c": 50}
+    largest = controls.size_scores(params, order="largest")
+    smallest = controls.size_scores(params, order="smallest")
+    assert set(largest.table["score"]) == {1.0} and largest.method == "largest"
+    assert list(smallest.table["score"]) == [10.0, 1000.0, 50.0] and smallest.cost.seconds == 0
+    with pytest.raises(ValueError, match="order"):
+        controls.size_scores(params, order="middle")
+
+
+def test_step_diagnostic_ratios():
+    w = torch.randn(8, 4, 3, 3)
+    fstate = {"conv.weight": w}
+    init = lsq_init_step(w.abs().mean(), 4, True)
+    r = diagnostics.step_ratios(fstate, {"conv.wq.step": init * 1.5}, {"conv": 4}, ["conv"])
+    assert r == pytest.approx([1.5])
+    d = diagnostics.step_diagnostic(np.array([1.0, 1.005, 0.8]), [2.0, 2.0, 3.0])
+    assert d["moved_over_1pct"] == pytest.approx(1 / 3) and d["score_max"] == 3.0
+    assert d["score_cv_pct"] == pytest.approx(100 * np.std([2, 2, 3]) / np.mean([2, 2, 3]))
+
+
+def test_reliability_table():
+    class Net:
+        network = "resnet50"
+        sensitivity = {
+            "alps": pd.DataFrame({"score": [1, 2, 3, 4.0], "retest_score": [1, 2, 4, 3.0],
+                                  "score_half_a": [1, 2, 3, 4.0], "score_half_b": [4, 3, 2, 1.0]}),
+            "hessian": pd.DataFrame({"score": [1, 2, 3.0], "retest_score": [1, 2, 3.0]}),
+            "eagl": pd.DataFrame({"score": [1, 2, 3.0]})}
+    t = report_items.reliability([Net()])
+    got = {(r.method, r.retest): r.spearman for r in t.itertuples()}
+    assert got == {("alps", "seed"): pytest.approx(0.8), ("alps", "split-half"): pytest.approx(-1.0),
+                   ("hessian", "seed"): pytest.approx(1.0)}
