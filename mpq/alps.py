@@ -8,15 +8,20 @@ the task metric suffers when ``l`` alone goes down to ``low_bits``:
    re-initialises its weight and activation steps: the LSQ init);
 2. fine-tune the whole network for ``settings.epochs`` (one epoch in the
    paper's recipe) with ``mpq.train.fit``, from the same seed in every job;
-3. measure the validation loss (mean cross-entropy) and the metric (top-1 or
-   mIoU) on the validation split.
+3. measure, on the validation split, the KL divergence from the float
+   teacher's outputs to the model's, the validation loss (mean
+   cross-entropy) and the metric (top-1 or mIoU).
 
-The score of ``l`` is its job's validation loss minus the *reference* job's;
-higher = more harmful to reduce. The loss is continuous: the metric moves in
-steps of one validation sample (0.2 points on 500 images), which made
-accuracy-drop scores mostly ties and noise (test-retest Spearman 0.15 between
-two seeds on the embedded ResNet-50); the metric drop stays a column,
-``metric_drop``. The reference job is the same
+The score of ``l`` is its job's KL minus the *reference* job's (the
+validation loss when there is no teacher); higher = more harmful to reduce.
+Both signals are continuous, whereas the metric moves in steps of one
+validation sample (0.2 points on 500 images), which made accuracy-drop
+scores mostly ties and noise (test-retest Spearman 0.15 between two seeds on
+the embedded ResNet-50). The KL measures how far the quantized function
+moved from the float one; the cross-entropy can even fall when a layer is
+reduced (an over-confident model gets softer): on the embedded ResNet-50 the
+no-FT scores had a split-half Spearman of 0.83 from the KL and 0.36 from the
+loss. The metric drop and the loss increase stay columns. The reference job is the same
 recipe with no layer reduced: it is fine-tuned for the same epochs too, so the
 score does not mix the effect of the reduction with the effect of the extra
 epoch itself (which usually raises the metric a little and would otherwise
@@ -70,7 +75,7 @@ from .train import TASKS
 __all__ = ["scores", "run", "run_key", "REFERENCE", "METHOD_VERSION", "record_path"]
 
 REFERENCE = "__reference__"  # name (and record file stem) of the reference job
-METHOD_VERSION = "alps-v2"   # part of the key: a change of the recipe invalidates old records
+METHOD_VERSION = "alps-v3"   # part of the key: a change of the recipe invalidates old records
 
 
 def record_path(record_dir: str | Path, layer: str | None) -> Path:
@@ -91,6 +96,11 @@ def run_key(base_key: str, low_bits: int) -> str:
     itself, so a change of either gives other keys (``mpq.records.extend_key``).
     """
     return extend_key(base_key, {"low_bits": int(low_bits), "method": METHOD_VERSION})
+
+
+def _nan(v: float | None) -> float:
+    """A record's optional number as a float (NaN for None)."""
+    return math.nan if v is None else float(v)
 
 
 def _require_sized(name: str, ds: Dataset, minimum: int, fix: str) -> int:
@@ -141,9 +151,11 @@ def scores(ctx: jobs.JobContext, *, low_bits: int = 2, seed: int = 0, layers: Se
 
     Returns a ``Sensitivity`` (method ``"alps"``, or ``"noft"`` when
     ``settings.epochs == 0``) whose table has the columns ``layer, bits_from,
-    bits_to, score, eval_loss, reference_loss, score_half_a, score_half_b, metric_drop, metric,
-    reference_metric, train_loss, seconds, worker`` (``score``: validation
-    loss increase over the reference job; ``score_half_a``/``_b``: the same on
+    bits_to, score, eval_kl, reference_kl, eval_loss, reference_loss, loss_increase,
+    score_half_a, score_half_b, metric_drop, metric,
+    reference_metric, train_loss, seconds, worker`` (``score``: the increase
+    of the KL from the teacher over the reference job's, or of the validation
+    loss when ``ctx.teacher`` is None (``meta["signal"]``); ``score_half_a``/``_b``: the same on
     the even-/odd-numbered validation samples, for split-half reliability;
     ``metric_drop``: the reference
     metric minus the job's; ``train_loss``: the job's mean fine-tune loss over its last epoch, NaN
@@ -152,7 +164,8 @@ def scores(ctx: jobs.JobContext, *, low_bits: int = 2, seed: int = 0, layers: Se
     computed by this call or reused (``job_seconds``; ``meta`` has ``jobs_run``
     and ``jobs_reused``), so reading finished records never erases the cost. Forward passes count the
     samples through the student (fine-tune and validation) plus through the
-    teacher when distilling; backward passes count the fine-tune samples.
+    teacher (when distilling, and the validation samples for the KL); backward passes count the
+    fine-tune samples.
 
     Floats are reproducible for a fixed seed on the same kind of device and
     the same thread count (hence ``threads``); on CUDA, bit-identical reruns
@@ -193,22 +206,28 @@ def scores(ctx: jobs.JobContext, *, low_bits: int = 2, seed: int = 0, layers: Se
     # by mpq.jobs.run before any work.
     key = run_key(ctx.base_key, low_bits)
     job_list = [Job(REFERENCE, {}, seed)] + [Job(name, {name: int(low_bits)}, seed) for name in layers]
-    records, stats = jobs.run(dataclasses.replace(ctx, base_key=key), job_list, workers=workers,
-                              threads=threads, progress=progress, desc=f"{method} jobs")
+    # every job measures the KL from the teacher when there is one: the score's signal
+    records, stats = jobs.run(dataclasses.replace(ctx, base_key=key, eval_kl=ctx.teacher is not None), job_list,
+                              workers=workers, threads=threads, progress=progress, desc=f"{method} jobs")
     jobs_run, jobs_reused = stats["run"], stats["reused"]
 
     reference = records[REFERENCE]
     ref, ref_loss = reference["metric"], reference["eval_loss"]
+    # the score's signal: the KL from the teacher when the jobs measured it, else the loss
+    signal = "eval_kl" if reference["eval_kl"] is not None else "eval_loss"
     table = pd.DataFrame({
         "layer": layers,
         "bits_from": [int(bits[name]) for name in layers],
         "bits_to": [int(low_bits)] * len(layers),
-        "score": [records[name]["eval_loss"] - ref_loss for name in layers],
+        "score": [records[name][signal] - reference[signal] for name in layers],
+        "eval_kl": [_nan(records[name]["eval_kl"]) for name in layers],
+        "reference_kl": [_nan(reference["eval_kl"])] * len(layers),
         "eval_loss": [records[name]["eval_loss"] for name in layers],
         "reference_loss": [ref_loss] * len(layers),
+        "loss_increase": [records[name]["eval_loss"] - ref_loss for name in layers],
         # split-half: the score from the even- / odd-numbered validation samples only
-        "score_half_a": [records[name]["eval_loss_halves"][0] - reference["eval_loss_halves"][0] for name in layers],
-        "score_half_b": [records[name]["eval_loss_halves"][1] - reference["eval_loss_halves"][1] for name in layers],
+        "score_half_a": [records[name][f"{signal}_halves"][0] - reference[f"{signal}_halves"][0] for name in layers],
+        "score_half_b": [records[name][f"{signal}_halves"][1] - reference[f"{signal}_halves"][1] for name in layers],
         "metric_drop": [ref - records[name]["metric"] for name in layers],
         "metric": [records[name]["metric"] for name in layers],
         "reference_metric": [ref] * len(layers),
@@ -236,7 +255,8 @@ def scores(ctx: jobs.JobContext, *, low_bits: int = 2, seed: int = 0, layers: Se
                       backward_passes=train_samples, epochs=float(settings.epochs) * len(every), notes=notes,
                       job_seconds=job_seconds)
     meta = {"jobs_run": jobs_run, "jobs_reused": jobs_reused, "jobs_total": len(job_list),
-            "reference_metric": ref, "reference_loss": ref_loss, "reference_train_loss": reference["train_loss"],
+            "reference_metric": ref, "reference_loss": ref_loss, "reference_kl": _nan(reference["eval_kl"]),
+            "signal": signal, "reference_train_loss": reference["train_loss"],
             "reference_seconds": reference["seconds"],
             "reference_worker": reference["worker"], "key": key, "low_bits": low_bits,
             "seed": seed, "batch_size": batch_size, "task": ctx.task, "num_classes": ctx.num_classes,

@@ -80,6 +80,8 @@ class JobContext:
     the key (``experiment_context`` puts it there). ``keep_samples``: each
     record also holds ``samples``, the evaluation's per-sample counts
     (``mpq.metrics.sample_stats``), which paired bootstrap intervals resample.
+    ``eval_kl``: the evaluation also measures the KL divergence from ``teacher``
+    (``eval_kl``, ``eval_kl_halves`` in the records; None otherwise).
     """
 
     model: nn.Module
@@ -98,11 +100,12 @@ class JobContext:
     fit_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # fit/evaluate: precision, ...
     loader_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # make_loader: workers, ...
     keep_samples: bool = False  # records carry the per-sample counts of the evaluation (bootstrap)
+    eval_kl: bool = False       # records carry the KL from the teacher on the evaluation set (ALPS, no-FT)
 
 
 def experiment_context(exp: Any, qmodel: nn.Module, teacher: nn.Module | None, *, epochs: float,
                        eval_split: str, record_dir: str | Path, extra: Mapping[str, Any],
-                       keep_samples: bool = False) -> JobContext:
+                       keep_samples: bool = False, eval_kl: bool = False) -> JobContext:
     """A context over the data of ``exp`` (an ``mpq.experiment.Experiment``) with its quantized recipe.
 
     Fine-tunes of ``epochs`` with ``exp.fit_settings("quant")``, the metric
@@ -123,7 +126,8 @@ def experiment_context(exp: Any, qmodel: nn.Module, teacher: nn.Module | None, *
                       batch_size=batch_size, device=str(exp.device), record_dir=str(record_dir), base_key=key,
                       fit_options={**speed, "compile": exp.cfg.speed.compile,
                                    "checkpoint_steps": exp.cfg.train.checkpoint_steps},
-                      loader_options=exp.loader_options(), keep_samples=keep_samples)
+                      loader_options=exp.loader_options(), keep_samples=keep_samples,
+                      eval_kl=eval_kl and teacher is not None)
 
 
 # ---- one job ---------------------------------------------------------------------------------
@@ -134,7 +138,8 @@ def run_job(ctx: JobContext, job: Job) -> dict[str, Any]:
     The record: ``format, key, name, bits, seed, metric, eval_loss`` (mean
     cross-entropy on ``ctx.eval_set``: a continuous signal beside the metric),
     ``eval_loss_halves`` (the same over the even- and the odd-numbered samples:
-    split-half reliability),
+    split-half reliability), ``eval_kl`` and ``eval_kl_halves`` (the KL from the
+    teacher, with ``ctx.eval_kl``; None otherwise),
     ``train_loss`` (mean loss of the last fine-tune epoch, NaN without one),
     ``samples`` (per-sample counts when ``ctx.keep_samples``, else absent), ``seconds`` (this
     job's wall time), ``worker, device, threads`` (this process's torch
@@ -161,18 +166,24 @@ def run_job(ctx: JobContext, job: Job) -> dict[str, Any]:
     # each rank evaluates its own job's model: its counts must not be summed with the others'
     result = evaluate(model, make_loader(ctx.eval_set, batch_size=ctx.batch_size, train=False, **ctx.loader_options),
                       task=ctx.task, num_classes=ctx.num_classes, ignore_index=ctx.ignore_index, device=device,
-                      across_ranks=False, detail=True, **eval_options)
+                      across_ranks=False, detail=True,
+                      teacher=ctx.teacher if ctx.eval_kl else None, **eval_options)
     train_samples = steps * ctx.batch_size  # training loaders drop the last partial batch
     distilled = ctx.teacher is not None and ctx.settings.distill > 0
     extra = {"samples": result["samples"].tolist()} if ctx.keep_samples else {}
-    halves = result["sample_loss"]
-    halves = [float(halves[h::2, 0].sum() / max(halves[h::2, 1].sum(), 1.0)) for h in (0, 1)]
+    def halves(rows):  # the mean over the even- and over the odd-numbered samples
+        if rows is None:
+            return None
+        return [float(rows[h::2, 0].sum() / max(rows[h::2, 1].sum(), 1.0)) for h in (0, 1)]
     return {"format": RECORD_FORMAT, "key": key, "name": job.name,
             "bits": plain_bits(job.bits), "seed": int(job.seed), "metric": float(result["metric"]),
-            "eval_loss": result["loss"], "eval_loss_halves": halves, **extra, "train_loss": loss, "seconds": time.perf_counter() - t0, "worker": ctx.worker,
+            "eval_loss": result["loss"], "eval_loss_halves": halves(result["sample_loss"]),
+            "eval_kl": result["kl"] if ctx.eval_kl else None, "eval_kl_halves": halves(result["sample_kl"]),
+            **extra, "train_loss": loss, "seconds": time.perf_counter() - t0, "worker": ctx.worker,
             "device": device_name(device), "threads": threads, "steps": steps, "train_samples": train_samples,
             "eval_samples": len(ctx.eval_set),  # type: ignore[arg-type]
-            "teacher_samples": train_samples if distilled else 0}
+            # through the teacher: the distilled fine-tune's samples, and the evaluation's for the KL
+            "teacher_samples": (train_samples if distilled else 0) + (len(ctx.eval_set) if ctx.eval_kl else 0)}
 
 
 def _do_job(ctx: JobContext, job: Job) -> dict[str, Any]:

@@ -183,8 +183,8 @@ register(Method(
     description="entropy of each layer's trained low-precision weight codes; no data, no gradients"))
 register(Method(
     "alps", "ALPS", "#de8f05", "s", "proposed", "mpq.alps:run", step="alps", section="alps",
-    settings=AlpsSettings, records=True, profile=True, reference=True, score_label="ALPS score (validation loss increase)",
-    description="lower one layer, fine-tune, increase of the validation loss"))
+    settings=AlpsSettings, records=True, profile=True, reference=True, score_label="ALPS score (KL increase from the float model)",
+    description="lower one layer, fine-tune, increase of the KL from the float teacher on the validation split"))
 register(Method(
     "hessian", "Hessian (HAWQ)", "#029e73", "^", "baseline", "mpq.hessian:run", section="hessian",
     settings=HessianSettings, params=("hessian", "seed"), profile=True,
@@ -193,8 +193,8 @@ register(Method(
 register(Method(
     "noft", "No-FT drop (AIMET)", "#cc78bc", "D", "baseline", "mpq.alps:run", params=("alps.workers",),
     records=True,
-    score_label="No-FT score (validation loss increase)",
-    description="lower one layer, no fine-tune, increase of the validation loss"))
+    score_label="No-FT score (KL increase from the float model)",
+    description="lower one layer, no fine-tune, increase of the KL from the float teacher on the validation split"))
 register(Method(
     "random", "Random", "#949494", "v", "control", "mpq.controls:run_random", params=("seed",),
     per_seed=True, score_label="random score",

@@ -39,9 +39,9 @@ from .train import FitSettings
 __all__ = ["Job", "RECORD_FORMAT", "plain_bits", "plain_settings", "context_key", "extend_key", "job_key",
            "record_path", "partial_path", "read_record", "write_record", "valid_records", "wait_for_records"]
 
-RECORD_FORMAT = "mpq-job-record/3"  # part of every key: a format change invalidates old records
+RECORD_FORMAT = "mpq-job-record/4"  # part of every key: a format change invalidates old records
 # every field a record must have to be reused (besides format, key, name, bits and seed)
-_FIELDS = ("metric", "eval_loss", "eval_loss_halves", "train_loss", "seconds", "worker", "device", "threads", "steps", "train_samples",
+_FIELDS = ("metric", "eval_loss", "eval_loss_halves", "eval_kl", "eval_kl_halves", "train_loss", "seconds", "worker", "device", "threads", "steps", "train_samples",
            "eval_samples", "teacher_samples")
 _MAX_STEM = 150  # longer record names are cut (and hashed) to stay a valid file name
 

@@ -165,8 +165,8 @@ def build(results: str | Path, out: str | Path, networks: list[str], *, scale: s
                  "Per network and method, Spearman rank correlation over the candidate layers between two "
                  "independent measurements of the same scores: 'seed' = the method run again from seed + 1 "
                  "(ALPS: every fine-tune job; Hessian: a second set of Hutchinson probe vectors), 'split-half' "
-                 "= the loss-based score measured on the even- vs the odd-numbered validation images (ALPS, "
-                 "no-FT). A score whose retest correlation is low ranks layers by noise.",
+                 "= the score (the KL from the float teacher) measured on the even- vs the odd-numbered "
+                 "validation images (ALPS, no-FT). A score whose retest correlation is low ranks layers by noise.",
                  formats={"method": methods.label})
     ci = f"{100 * stats.LEVEL:.0f} % paired bootstrap interval over test images and seeds ({stats.REPLICATES} replicates)"
     head, head_show = report_items.headline(nets, summaries, uniforms, tolerance, uncs)

@@ -333,7 +333,7 @@ def fit(model: nn.Module, loader, *, task: str, settings: FitSettings, device: t
 def evaluate(model: nn.Module, loader, *, task: str, num_classes: int, ignore_index: int = 255,
              device: torch.device | str = "cpu", max_batches: int | None = None,
              across_ranks: bool = True, precision: str = "fp32", channels_last: bool = False,
-             detail: bool = False) -> float | dict[str, Any]:
+             detail: bool = False, teacher: nn.Module | None = None) -> float | dict[str, Any]:
     """Top-1 accuracy (classification) or mIoU (segmentation), in percent.
 
     Under ``torch.distributed`` the counts are summed over the ranks (each rank
@@ -341,15 +341,19 @@ def evaluate(model: nn.Module, loader, *, task: str, num_classes: int, ignore_in
     for ranks that each evaluate a *different* model (``mpq.jobs``).
     ``precision`` and ``channels_last`` as in ``fit``.
 
-    ``detail=True`` returns ``{"metric", "loss", "samples", "sample_loss"}``
+    ``detail=True`` returns ``{"metric", "loss", "kl", "samples", "sample_loss", "sample_kl"}``
     instead: ``loss`` is the mean cross-entropy of the main output (per image,
     or per labelled pixel), a continuous signal beside the metric's steps of
     one sample; ``samples`` the per-sample counts of
     ``mpq.metrics.sample_stats`` in the loader's order (int64 numpy array), for
     paired bootstrap intervals; ``sample_loss`` per sample its summed loss and
     its labelled units (images: 1; segmentation: pixels), float64 ``(N, 2)``.
-    The loss is summed over the ranks with the counts; ``samples`` and
-    ``sample_loss`` need one process (or ``across_ranks=False``).
+    With a ``teacher`` (the float model) also ``kl`` and ``sample_kl``: the
+    KL divergence from the teacher's output distribution to the model's, mean
+    and per sample (summed over labelled pixels for segmentation), i.e. how far
+    the quantized function moved from the float one, whatever the labels say.
+    The loss is summed over the ranks with the counts; ``samples``,
+    ``sample_loss`` and ``sample_kl`` need one process (or ``across_ranks=False``).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: choose one of {TASKS}")
@@ -361,7 +365,10 @@ def evaluate(model: nn.Module, loader, *, task: str, num_classes: int, ignore_in
     model.eval()
     meter = Accuracy() if task == "classification" else MeanIoU(num_classes, ignore_index)
     loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, labelled units
-    samples, sample_losses = [], []
+    samples, sample_losses, sample_kls = [], [], []
+    kl_sum = torch.zeros(1, dtype=torch.float64, device=device)
+    if teacher is not None:
+        teacher.eval()
     n = 0
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
@@ -380,6 +387,15 @@ def evaluate(model: nn.Module, loader, *, task: str, num_classes: int, ignore_in
             loss_sum[0] += per.sum()
             loss_sum[1] += units.sum()
             sample_losses.append(torch.stack([per, units], 1).cpu())
+            if teacher is not None:
+                with amp:
+                    t_out = teacher(x)
+                t_log, s_log = F.log_softmax(t_out.float(), 1), F.log_softmax(out.float(), 1)
+                kl = (t_log.exp() * (t_log - s_log)).sum(1).double()  # per image, or per pixel
+                if kl.dim() > 1:
+                    kl = (kl * (y != ignore_index)).flatten(1).sum(1)
+                kl_sum += kl.sum()
+                sample_kls.append(torch.stack([kl, units], 1).cpu())
             samples.append(sample_stats(out.argmax(1), y, task=task, num_classes=num_classes,
                                         ignore_index=ignore_index).cpu())
         n += 1
@@ -390,10 +406,14 @@ def evaluate(model: nn.Module, loader, *, task: str, num_classes: int, ignore_in
         meter.all_reduce()  # sums the counts over DDP ranks (no-op in one process)
         if detail and dist.is_available() and dist.is_initialized():
             dist.all_reduce(loss_sum)
+            dist.all_reduce(kl_sum)
             if dist.get_world_size() > 1:
-                samples, sample_losses = [], []  # each rank holds its shard's rows only
+                samples, sample_losses, sample_kls = [], [], []  # each rank holds its shard's rows only
     if not detail:
         return meter.compute()
-    return {"metric": meter.compute(), "loss": float(loss_sum[0] / loss_sum[1].clamp_min(1)),
+    units = loss_sum[1].clamp_min(1)
+    return {"metric": meter.compute(), "loss": float(loss_sum[0] / units),
+            "kl": float(kl_sum[0] / units) if teacher is not None else float("nan"),
             "samples": torch.cat(samples).numpy() if samples else None,
-            "sample_loss": torch.cat(sample_losses).numpy() if sample_losses else None}
+            "sample_loss": torch.cat(sample_losses).numpy() if sample_losses else None,
+            "sample_kl": torch.cat(sample_kls).numpy() if sample_kls else None}

@@ -311,3 +311,28 @@ def test_bad_input(setup):
         run(setup, low_bits=1)
     with pytest.raises(ValueError, match="workers > 1 runs CPU"):
         run(setup, workers=2, device="cuda")
+
+
+def test_with_a_teacher_the_score_is_the_kl_increase(setup):
+    """With a float teacher the jobs measure the KL from it on the validation split, and the score is
+    the KL increase over the reference job (no-FT here: exactly the models set_bits makes)."""
+    q, _, val = setup
+    teacher = mpq.set_bits(copy.deepcopy(q), dict.fromkeys(mpq.candidate_layers(q), 8))  # near-float stand-in
+    s = run(setup, teacher=teacher, settings=replace(SETTINGS, epochs=0))
+    assert s.meta["signal"] == "eval_kl"
+    loader = make_loader(val, batch_size=BATCH, train=False)
+
+    def kl(model):
+        with torch.no_grad():
+            t = torch.log_softmax(torch.cat([teacher.eval()(x) for x, _ in loader]), 1)
+            m = torch.log_softmax(torch.cat([model.eval()(x) for x, _ in loader]), 1)
+        return float((t.exp() * (t - m)).sum(1).mean())
+    with one_thread():
+        ref = kl(q)
+        assert s.meta["reference_kl"] == pytest.approx(ref, rel=1e-5, abs=1e-9)
+        for row in s.table.itertuples():
+            reduced = mpq.set_bits(copy.deepcopy(q), {row.layer: 2})
+            assert row.score == pytest.approx(kl(reduced) - ref, rel=1e-4, abs=1e-7)
+            assert row.loss_increase == pytest.approx(row.eval_loss - row.reference_loss)
+    assert (s.table["score"] > 0).all()  # 2 bits moves every layer's function away from the teacher
+    assert s.cost.forward_passes == 4 * N_VAL * 2  # the students' and the teacher's validation passes

@@ -56,3 +56,20 @@ def test_gpu_hours_estimates_every_network(segmentation):
     rows = [line.split()[0] for line in out.splitlines()[2:]]
     assert rows == ["resnet50", "resnet101", "pspnet"]
     assert "resnet50 1000" in out
+
+
+def test_lsq_steps_benchmark_prints_its_three_parts(micro_params, tmp_path):
+    """benchmarks/lsq_steps.py on a micro float model: the multiplier table (x1: steps at rest,
+    x100: moved) and the data-free 2-bit init line (the 2-bit fine-tunes reuse the same path)."""
+    from mpq import config
+    from mpq.experiment import Experiment
+
+    Experiment(config.load(micro_params), "resnet50", progress=False).baselines(tmp_path / "resnet50")
+    out = run("benchmarks/lsq_steps.py", "--params", str(micro_params), "--network", "resnet50",
+              "--results", str(tmp_path), "--mults", "1,100", "--no-init-finetune")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 1 |") or line.startswith("| 100 |")]
+    assert len(rows) == 2
+    moved = {r[0].strip(): float(r[3].strip().rstrip(" %")) for r in rows}
+    assert moved["1"] <= moved["100"]
+    assert "MSE-optimal / LSQ-init step: median" in out
+    assert "## 3." not in out
