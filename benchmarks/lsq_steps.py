@@ -1,5 +1,5 @@
 """Does LSQ learn its steps, and how should a 2-bit step start? The measurements behind
-``train.step_lr_mult`` and the LSQ initialisation (README, "LSQ that learns").
+``network.<name>.quant_step_lr_mult`` and the LSQ initialisation (README, "LSQ that learns").
 
 From a network's trained float checkpoint (``results/<network>/float.pt``, made by the
 baselines step), with the preset's quantized fine-tune recipe:
@@ -77,7 +77,8 @@ def main() -> None:
     print("| multiplier | test metric | step ratio min-max | moved > 1 % | EAGL CV % | seconds |")
     print("|---|---|---|---|---|---|")
     for mult in (float(m) for m in a.mults.split(",")):
-        c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, step_lr_mult={q.start_bits: mult}))
+        net = dataclasses.replace(cfg.net(a.network), quant_step_lr_mult={q.start_bits: mult})
+        c = dataclasses.replace(cfg, network={**cfg.network, a.network: net})
         exp = Experiment(c, a.network, progress=False)
         t0 = time.perf_counter()
         model, metric = _finetuned(exp, fstate, q.start_bits)

@@ -77,6 +77,8 @@ class NetworkConfig:
     float_lr: float
     quant_epochs: float          # LSQ fine-tune of the uniform baselines and the frontier
     quant_lr: float
+    # quantized fine-tunes: bits -> a b-bit layer's LSQ weight step learns at quant_lr x this (absent: x1)
+    quant_step_lr_mult: dict[int, float] = field(default_factory=dict)
 
     def validate(self, key: str) -> None:
         _check(0 < self.width <= 4, f"{key}.width", f"must be in (0, 4], got {self.width}")
@@ -98,6 +100,11 @@ class NetworkConfig:
             _check(getattr(self, k) >= 0, f"{key}.{k}", f"must be >= 0, got {getattr(self, k)}")
         for k in ("float_lr", "quant_lr"):
             _check(getattr(self, k) > 0, f"{key}.{k}", f"must be > 0, got {getattr(self, k)}")
+        for bits, mult in self.quant_step_lr_mult.items():
+            _check(isinstance(bits, int) and 1 < bits <= 16, f"{key}.quant_step_lr_mult",
+                   f"keys are bit widths (2..16), got {bits!r}")
+            _check(isinstance(mult, int | float) and mult > 0, f"{key}.quant_step_lr_mult.{bits}",
+                   f"must be > 0 (1: the weights' lr), got {mult}")
 
 
 @dataclass(frozen=True)
@@ -109,13 +116,8 @@ class TrainConfig:
     aux_weight: float            # segmentation: weight of the auxiliary head's loss
     label_smoothing: float
     checkpoint_steps: int        # mid-training checkpoint every this many steps (0: at epoch ends only)
-    step_lr_mult: dict[int, float]  # quantized fine-tunes: bits -> the LSQ weight steps' lr = lr x this
 
     def validate(self, key: str) -> None:
-        for bits, mult in self.step_lr_mult.items():
-            _check(isinstance(bits, int) and 1 < bits <= 16, f"{key}.step_lr_mult",
-                   f"keys are bit widths (2..16), got {bits!r}")
-            _check(mult > 0, f"{key}.step_lr_mult.{bits}", f"must be > 0 (1: the weights' lr), got {mult}")
         _check(self.checkpoint_steps >= 0, f"{key}.checkpoint_steps",
                f"must be >= 0 (0: checkpoint at epoch ends only), got {self.checkpoint_steps}")
         _check(0 <= self.momentum < 1, f"{key}.momentum", f"must be in [0, 1), got {self.momentum}")

@@ -244,7 +244,7 @@ class Experiment:
             warmup_epochs=t.warmup_epochs if is_float else 0.0,
             label_smoothing=t.label_smoothing, distill=0.0 if is_float else t.distill,
             aux_weight=t.aux_weight, ignore_index=self.data.ignore_index,
-            step_lr_mult={} if is_float else dict(t.step_lr_mult))
+            step_lr_mult={} if is_float else dict(n.quant_step_lr_mult))
 
     def _train(self, model: nn.Module, settings: FitSettings, *, teacher: nn.Module | None, seed: int,
                desc: str, checkpoint: Path | None = None, checkpoint_key: str = "") -> dict:

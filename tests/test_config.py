@@ -102,6 +102,10 @@ def test_method_sections_come_from_the_registry():
     (lambda r: r.update(colour="blue"), r"^colour: unknown key"),
     (lambda r: r["data"].update(segmentation_format="voc"), r"^data\.segmentation_format: must be"),
     (lambda r: r["train"].update(distill=2), r"^train\.distill: must be in \[0, 1\]"),
+    (lambda r: r["network"]["resnet50"].update(quant_step_lr_mult={4: 0}),
+     r"^network\.resnet50\.quant_step_lr_mult\.4: must be > 0"),
+    (lambda r: r["network"]["resnet50"].update(quant_step_lr_mult={"four": 10}),
+     r"^network\.resnet50\.quant_step_lr_mult: keys are bit widths"),
 ])
 def test_bad_values_are_one_line_naming_the_key(tmp_path, mutate, pattern):
     with pytest.raises(ConfigError, match=pattern) as e:
@@ -133,3 +137,14 @@ def test_enter_repository_finds_the_root_from_a_subfolder(tmp_path, monkeypatch)
     assert paths.enter_repository() == ROOT and Path.cwd() == ROOT
     with pytest.raises(FileNotFoundError, match="no repository root"):
         paths.enter_repository(tmp_path)
+
+
+def test_step_lr_multiplier_is_per_network_and_optional(tmp_path, micro_params):
+    """The quantized fine-tune of each network gets its own multipliers; a network without the key gets x1."""
+    from mpq.experiment import Experiment
+    cfg = config.load(write(tmp_path, lambda r: r["network"]["resnet101"].pop("quant_step_lr_mult")))
+    assert cfg.net("resnet101").quant_step_lr_mult == {} and cfg.net("resnet50").quant_step_lr_mult
+    micro = config.load(micro_params)
+    exp = Experiment(micro, "resnet50", progress=False)
+    assert exp.fit_settings("quant").step_lr_mult == dict(micro.net("resnet50").quant_step_lr_mult)
+    assert exp.fit_settings("float").step_lr_mult == {}
