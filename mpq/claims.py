@@ -144,8 +144,8 @@ def _recovery_ci(f: Mapping[str, Any]) -> tuple[list[str], str]:
             outcomes.append(NO if all(c[2][1] < -h for c in cis) else UNSURE)
             parts.append(f"{methods.label(m)} best {y:.2f} at {x:.2f}x (minus float: [{lo:.2f}, {hi:.2f}])")
     result = YES if YES in outcomes else (UNSURE if UNSURE in outcomes else NO)
-    return [result], (f"float {f['float']:.2f} [{lo_f:.2f}, {hi_f:.2f}], tolerance = its half-width "
-                      f"{h:.2f}: " + ", ".join(parts) + f" -> {dict(yes='recovered', no='not recovered').get(result, result)}")
+    return [result], (f"(float {f['float']:.2f} [{lo_f:.2f}, {hi_f:.2f}], tolerance = its half-width "
+                      f"{h:.2f}: " + ", ".join(parts) + f" -> {dict(yes='recovered', no='not recovered').get(result, result)})")
 
 
 def _frontier_ci(f: Mapping[str, Any]) -> tuple[list[str], str]:
@@ -204,21 +204,35 @@ def _recovery_items(facts: Mapping[str, Mapping], networks: Sequence[str], toler
     return passes, words
 
 
+def _interval_claim(facts: Mapping[str, Mapping], networks: Sequence[str],
+                    parts: Sequence[Any]) -> tuple[str, str] | None:
+    """A claim judged from paired intervals: each of ``parts`` (``_recovery_ci``, ``_frontier_ci``)
+    gives per network its item outcomes and evidence; None when a network lacks intervals (the
+    caller then judges from means)."""
+    present = [n for n in networks if n in facts]
+    if not present or any(facts[n].get("unc") is None for n in present):
+        return None
+    items, words = [], []
+    for n in present:
+        for part in parts:
+            outcomes, text = part(facts[n])
+            items += outcomes
+            words.append(f"{title(n)} {text}")
+    missing = [n for n in networks if n not in facts]
+    return _verdict3(items, missing), _join(words, missing)
+
+
 def claim_recovery(facts: Mapping[str, Mapping], *, tolerance: float,
                    networks: Sequence[str] | None = None) -> tuple[str, str]:
     """Claim 1: per network (default: those of C1), does a proposed method reach a point above 1.0x
     that recovers float? From paired intervals when every network has them (``_recovery_ci``),
     else from means within ``tolerance`` of float."""
     networks = claim_networks("C1") if networks is None else networks
+    judged = _interval_claim(facts, networks, [_recovery_ci])
+    if judged:
+        return judged
     present = [n for n in networks if n in facts]
     missing = [n for n in networks if n not in facts]
-    if present and all(facts[n].get("unc") is not None for n in present):
-        items, words = [], []
-        for n in present:
-            o, w = _recovery_ci(facts[n])
-            items += o
-            words.append(f"{title(n)} ({w})")
-        return _verdict3(items, missing), _join(words, missing)
     passes, words = _recovery_items(facts, present, tolerance)
     return _verdict(passes, missing), _join(words, missing)
 
@@ -244,15 +258,11 @@ def claim_frontier(facts: Mapping[str, Mapping], *, networks: Sequence[str] | No
     """Claim 2: per network (default: those of C2), the AUC of every proposed method >= the best
     AUC of the baselines and controls."""
     networks = claim_networks("C2") if networks is None else networks
+    judged = _interval_claim(facts, networks, [_frontier_ci])
+    if judged:
+        return judged
     present = [n for n in networks if n in facts]
     missing = [n for n in networks if n not in facts]
-    if present and all(facts[n].get("unc") is not None for n in present):
-        items, words = [], []
-        for n in present:
-            o, w = _frontier_ci(facts[n])
-            items += o
-            words.append(f"{title(n)} {w}")
-        return _verdict3(items, missing), _join(words, missing)
     passes, words = _frontier_items(facts, present)
     return _verdict(passes, missing), _join(words, missing)
 
@@ -261,16 +271,11 @@ def claim_segmentation(facts: Mapping[str, Mapping], *, tolerance: float,
                        networks: Sequence[str] | None = None) -> tuple[str, str]:
     """Claim 3: claims 1 and 2 on the segmentation network(s) (default: those of C3; mIoU)."""
     networks = claim_networks("C3") if networks is None else networks
+    judged = _interval_claim(facts, networks, [_recovery_ci, _frontier_ci])
+    if judged:
+        return judged
     present = [n for n in networks if n in facts]
     missing = [n for n in networks if n not in facts]
-    if present and all(facts[n].get("unc") is not None for n in present):
-        items, words = [], []
-        for n in present:
-            o1, w1 = _recovery_ci(facts[n])
-            o2, w2 = _frontier_ci(facts[n])
-            items += o1 + o2
-            words.append(f"{title(n)} ({w1}); {title(n)} {w2}")
-        return _verdict3(items, missing), _join(words, missing)
     p1, w1 = _recovery_items(facts, present, tolerance)
     p2, w2 = _frontier_items(facts, present)
     return _verdict(p1 + p2, missing), _join(w1 + w2, missing)
