@@ -144,7 +144,9 @@ def test_input_size_must_match_embedded_data(embedded, tmp_path):
 def test_every_sensitivity_method_writes_the_common_table(micro_params, tmp_path, network, methods):
     from mpq.sensitivity import COLUMNS, Sensitivity
 
-    exp = Experiment(config.load(micro_params), network, progress=False)
+    # the embedded default's retests (the tiny preset leaves ALPS's out to keep CI short)
+    params = write_params(tmp_path / "retest.yaml", base=micro_params, alps__retest=True, hessian__retest=True)
+    exp = Experiment(config.load(params), network, progress=False)
     exp.baselines(tmp_path)
     n = exp.spec.candidate_count
     for method in methods:
@@ -153,9 +155,18 @@ def test_every_sensitivity_method_writes_the_common_table(micro_params, tmp_path
         assert list(back.table.columns[:4]) == list(COLUMNS) and len(back.table) == n
         assert back.table["score"].notna().all() and back.cost.seconds == s.cost.seconds
         assert back.meta["network"] == network
-    if "alps" in methods:  # ALPS keeps one record per job: a rerun reuses them all
+        if exp.retests(method):  # computed again from seed + 1: the retest column and its cost
+            assert back.table["retest_score"].notna().all()
+            assert back.meta["retest"]["seed"] == exp.cfg.seed + 1 and back.meta["retest"]["device_seconds"] >= 0
+            assert -1 <= back.meta["retest"]["spearman"] <= 1 or np.isnan(back.meta["retest"]["spearman"])
+    assert {m for m in methods if exp.retests(m)} == {"alps", "hessian"} & set(methods)
+    if "alps" in methods:  # ALPS keeps one record per job, the retest's in their own folder: a rerun reuses them all
+        assert len(list((tmp_path / "records" / "alps" / f"seed{exp.cfg.seed + 1}").glob("*.json"))) == n + 1
+        first = Sensitivity.load(tmp_path / "sensitivity", "alps")
+        assert not (first.table["score"] == first.table["retest_score"]).all()  # another seed, other fine-tunes
         again = exp.sensitivity("alps", tmp_path)
         assert again.meta["jobs_run"] == 0 and again.meta["jobs_reused"] == n + 1
+        assert again.meta["retest"]["spearman"] == first.meta["retest"]["spearman"]
     with pytest.raises(ValueError, match="unknown method 'hawq'"):
         exp.sensitivity("hawq", tmp_path)
 
