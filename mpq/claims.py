@@ -24,8 +24,9 @@ from .networks import NETWORKS
 from .results import NetworkResults
 from .sensitivity import CostRecord
 
-__all__ = ["CLAIMS", "PAPER_CHEAP_METHOD", "network_facts", "recovers_at", "claim_recovery", "claim_frontier",
-           "claim_segmentation", "claim_compute", "claims", "claim_networks", "mixes", "title", "ratio",
+__all__ = ["CLAIMS", "PAPER_CHEAP_METHOD", "network_facts", "recovers_at", "recovery", "float_tolerance",
+           "claim_recovery", "claim_frontier", "claim_segmentation", "claim_compute", "claims", "claim_networks",
+           "mixes", "mix_targets", "title", "ratio",
            "times", "PAPER_LEADING_METHOD"]
 
 _EPS = 1e-9
@@ -65,8 +66,7 @@ def _compared() -> list[str]:
 
 def mixes(summary: pd.DataFrame, method: str) -> list[tuple[float, float]]:
     """A method's own configurations ``(rel_throughput, metric_mean)``, without the shared uniform ends."""
-    part = summary[(summary.method == method) & ~summary["uniform_end"]].sort_values("rel_throughput")
-    return [(float(x), float(y)) for x, y in zip(part["rel_throughput"], part["metric_mean"])]
+    return [(x, y) for x, y, _ in mix_targets(summary, method)]
 
 
 def recovers_at(curve: Sequence[tuple[float, float]], float_metric: float, tolerance: float
@@ -92,10 +92,10 @@ def network_facts(net: NetworkResults, summary: pd.DataFrame, unc: Any = None) -
     return {"float": net.float_metric, "curves": {m: mixes(summary, m) for m in methods}, "auc": auc,
             "device_seconds": {m: CostRecord(**c).device_seconds for m, c in net.costs.items()},
             "devices": {m: str(c.get("device", "")) for m, c in net.costs.items()},
-            "targets": {m: _mix_targets(summary, m) for m in methods}, "unc": unc}
+            "targets": {m: mix_targets(summary, m) for m in methods}, "unc": unc}
 
 
-def _mix_targets(summary: pd.DataFrame, method: str) -> list[tuple[float, float, float]]:
+def mix_targets(summary: pd.DataFrame, method: str) -> list[tuple[float, float, float]]:
     """A method's own mixes as ``(rel_throughput, metric_mean, target)``, by throughput."""
     part = summary[(summary.method == method) & ~summary["uniform_end"]].sort_values("rel_throughput")
     return [(float(x), float(y), float(t)) for x, y, t in zip(part["rel_throughput"], part["metric_mean"],
@@ -120,26 +120,52 @@ def _verdict3(items: Sequence[str], missing: Sequence[str]) -> str:
     return "inconclusive"
 
 
+def float_tolerance(unc: Any) -> float:
+    """C1's tolerance from intervals: the half-width of float's own interval (the test set's resolution)."""
+    lo, hi = unc.interval(unc.float_values())
+    return (hi - lo) / 2
+
+
+def recovery(targets: Sequence[tuple[float, float, float]], method: str, float_metric: float,
+             tolerance: float, unc: Any = None) -> tuple[float, float, float, float] | None:
+    """The mix of highest throughput that recovers float, ``(rel_throughput, metric_mean, low, high)``, or None.
+
+    ``targets``: the method's mixes ``(rel_throughput, metric_mean, target)`` (``mix_targets``).
+    With ``unc`` (``mpq.uncertainty.NetworkUncertainty``) a mix recovers float when the lower end of
+    the paired interval of (mix - float) is >= minus ``float_tolerance(unc)``, and ``low, high`` is
+    that interval; without it, when its mean is within ``tolerance`` of float (``recovers_at``), and
+    ``low, high`` are NaN. T1, C1 and metrics.json all use this rule.
+    """
+    mixes_ = [p for p in targets if p[0] > 1.0 + _EPS]
+    if unc is None:
+        hit = recovers_at([(x, y) for x, y, _ in mixes_], float_metric, tolerance)
+        return (hit[0], hit[1], math.nan, math.nan) if hit else None
+    h = float_tolerance(unc)
+    ok = [(x, y, *unc.diff(unc.config(method, t), unc.float_values())) for x, y, t in mixes_]
+    ok = [p for p in ok if p[2] >= -h]
+    return max(ok) if ok else None
+
+
 def _recovery_ci(f: Mapping[str, Any]) -> tuple[list[str], str]:
     """C1 per network from intervals: a proposed method's mix above 1.0x recovers float when the
     lower end of the paired interval of (mix - float) is >= -h, h = the half-width of float's own
-    interval (the resolution of the test set); no when every such mix's upper end is < -h."""
+    interval (the resolution of the test set; ``recovery``); no when every such mix's upper end is < -h."""
     unc = f["unc"]
     lo_f, hi_f = unc.interval(unc.float_values())
-    h = (hi_f - lo_f) / 2
+    h = float_tolerance(unc)
     outcomes, parts = [], []
     for m in _ours():
         mixes_ = [p for p in f["targets"].get(m, []) if p[0] > 1.0 + _EPS]
         if not mixes_:
             parts.append(f"{methods.label(m)} no mix above 1.0x")
             continue
-        cis = [(x, y, unc.diff(unc.config(m, t), unc.float_values())) for x, y, t in mixes_]
-        ok = [c for c in cis if c[2][0] >= -h]
-        if ok:
-            x, y, (lo, hi) = max(ok)
+        hit = recovery(mixes_, m, f["float"], 0.0, unc)
+        if hit:
+            x, y, lo, hi = hit
             outcomes.append(YES)
             parts.append(f"{methods.label(m)} {y:.2f} at {x:.2f}x (minus float: [{lo:.2f}, {hi:.2f}])")
         else:
+            cis = [(x, y, unc.diff(unc.config(m, t), unc.float_values())) for x, y, t in mixes_]
             x, y, (lo, hi) = max(cis, key=lambda c: c[2][1])
             outcomes.append(NO if all(c[2][1] < -h for c in cis) else UNSURE)
             parts.append(f"{methods.label(m)} best {y:.2f} at {x:.2f}x (minus float: [{lo:.2f}, {hi:.2f}])")

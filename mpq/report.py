@@ -10,10 +10,13 @@ F1/F2/F3                metric vs relative throughput per method (one per networ
 F4                      per-layer scores of the profiled methods + their 2-bit layers
 F5 / T5                 every method's scores vs the reference's (ALPS), Spearman and Kendall
 F6 / T3                 compute time per method (device-seconds, log scale)
-T1                      FP, uniform 4/2-bit, cheapest mix per method within tolerance
+T1                      FP, uniform 4/2-bit, cheapest mix per method that recovers float
 T2                      metric at matched throughput per method
 T4                      the paper's claims, measured evidence and a computed verdict
 T6 / F7                 ablation: EAGL variant x cost model (training-free proxy)
+T7 / F8                 knapsack additivity: summed per-layer scores vs measured drop
+T8                      LSQ step diagnostic: trained/initial step ratios, EAGL spread
+T9                      test-retest reliability of the sensitivity scores
 metrics.json            headline numbers per network (``dvc metrics show``)
 frontier_points.csv     every network's frontier summary (``dvc plots show``)
 index.md                all tables and figures on one page
@@ -23,7 +26,8 @@ The frames come from ``mpq.report_items``, the claims from ``mpq.claims``;
 figures are PNG + PDF (``mpq.plots``), tables CSV + Markdown (``mpq.tables``).
 Nothing here trains or evaluates a model: the frontier summaries are
 recomputed from ``frontier.csv`` with ``mpq.frontier.summarize`` at the
-report's ``tolerance`` (so T1, T4 and metrics.json agree with one another).
+report's ``tolerance``; T1, T4's C1 and metrics.json judge recovery with one
+rule (``mpq.claims.recovery``), so they agree with one another.
 The method definitions and every rule used here are in ``docs/methods.md``.
 """
 from __future__ import annotations
@@ -174,8 +178,10 @@ def build(results: str | Path, out: str | Path, networks: list[str], *, scale: s
                  f"Float, uniform 4-bit and 2-bit ({' / '.join(sorted({n.metric_name for n in nets}))}). Uniform "
                  "columns: the frontier's uniform points (same fine-tune recipe as the mixes; mean ± std over "
                  "seeds); '(baselines step)': the uniform models of `mpq baselines`. Per method: its cheapest own "
-                 "mix (highest relative throughput; uniform ends excluded) whose mean metric is within "
-                 f"{tolerance:g} point(s) of float, as 'throughput (metric)', or none. In brackets: the {ci}.",
+                 "mix (highest relative throughput; uniform ends excluded) that recovers float by C1's rule (the "
+                 "interval of mix - float stays above minus the half-width of float's own interval; without "
+                 f"per-sample results: mean within {tolerance:g} point(s) of float), as 'throughput (metric; minus "
+                 f"float [interval])', or none. In brackets: the {ci}.",
                  display=head_show)
     t2, t2_show = report_items.matched(nets, summaries, uncs)
     report.table(t2, "T2_matched_throughput", "T2. Metric at matched throughput",

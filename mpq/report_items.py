@@ -22,7 +22,7 @@ import pandas as pd
 from scipy import stats
 
 from . import allocate, bitconfig, checkpoint, diagnostics, methods, paths
-from .claims import PAPER_CHEAP_METHOD, mixes, ratio, recovers_at
+from .claims import PAPER_CHEAP_METHOD, mix_targets, ratio, recovery
 from .frontier import UNIFORM
 from .results import NetworkResults
 from .sensitivity import CostRecord, allocator_table
@@ -274,16 +274,13 @@ def headline(nets: Sequence[NetworkResults], summaries: Mapping[str, pd.DataFram
             if m not in net.frontier_methods:
                 row[f"{m}_fp_at"] = row[f"{m}_fp_metric"] = disp[methods.label(m)] = "not run"
                 continue
-            hit = recovers_at(mixes(summaries[net.network], m), net.float_metric, tolerance)
+            hit = recovery(mix_targets(summaries[net.network], m), m, net.float_metric, tolerance, unc)
             row[f"{m}_fp_at"] = round(hit[0], 4) if hit else "none"
             row[f"{m}_fp_metric"] = round(hit[1], 4) if hit else "none"
-            lo = hi = math.nan
-            if hit and unc:
-                s = summaries[net.network]
-                t = s[(s.method == m) & ~s["uniform_end"] & np.isclose(s["rel_throughput"], hit[0])]["target"]
-                lo, hi = unc.interval(unc.config(m, float(t.iloc[0])))
+            lo, hi = (hit[2], hit[3]) if hit else (math.nan, math.nan)
             row[f"{m}_fp_ci_low"], row[f"{m}_fp_ci_high"] = lo, hi
-            disp[methods.label(m)] = f"{hit[0]:.2f}x ({hit[1]:.2f} {ci_text(lo, hi)})" if hit else "none"
+            disp[methods.label(m)] = (f"{hit[0]:.2f}x ({hit[1]:.2f}; minus float {ci_text(lo, hi)})"
+                                      if unc else f"{hit[0]:.2f}x ({hit[1]:.2f})") if hit else "none"
         rows.append(row)
         show.append(disp)
     return pd.DataFrame(rows), pd.DataFrame(show)
@@ -375,7 +372,7 @@ def metrics(nets: Sequence[NetworkResults], summaries: Mapping[str, pd.DataFrame
         u, f = uniforms[net.network], facts[net.network]
         rec = {}
         for m in net.frontier_methods:
-            hit = recovers_at(f["curves"][m], net.float_metric, tolerance)
+            hit = recovery(f["targets"][m], m, net.float_metric, tolerance, f["unc"])
             rec[m] = hit[0] if hit else None
         out[net.network] = {
             "float": net.float_metric,

@@ -152,3 +152,24 @@ def test_reliability_table():
     got = {(r.method, r.retest): r.spearman for r in t.itertuples()}
     assert got == {("alps", "seed"): pytest.approx(0.8), ("alps", "split-half"): pytest.approx(-1.0),
                    ("hessian", "seed"): pytest.approx(1.0)}
+
+
+def test_recovery_rule_is_the_same_for_t1_c1_and_metrics():
+    """claims.recovery: without intervals the mean within tolerance; with them the interval of
+    (mix - float) above minus float's half-width; the highest throughput that passes wins."""
+    targets = [(1.2, 95.9, 1.2), (1.4, 95.5, 1.4), (1.6, 90.0, 1.6), (1.0, 96.0, 1.0)]
+    assert claims.recovery(targets, "eagl", 96.0, 0.2) == (1.2, 95.9, pytest.approx(np.nan, nan_ok=True),
+                                                            pytest.approx(np.nan, nan_ok=True))
+    assert claims.recovery(targets, "eagl", 96.0, 0.01) is None  # the 1.0x point never counts
+
+    class Unc:  # float's interval [95.5, 96.5] (half-width 0.5); (mix - float) intervals per target
+        diffs = {1.2: (-0.3, 0.1), 1.4: (-0.45, 0.0), 1.6: (-7.0, -5.0), 1.0: (0.0, 0.0)}
+        def float_values(self): return "float"
+        def interval(self, values): return (95.5, 96.5)
+        def config(self, method, target): return target
+        def diff(self, a, b): return self.diffs[a]
+
+    assert claims.float_tolerance(Unc()) == pytest.approx(0.5)
+    assert claims.recovery(targets, "eagl", 96.0, 0.01, Unc()) == (1.4, 95.5, -0.45, 0.0)
+    Unc.diffs = {**Unc.diffs, 1.2: (-0.6, -0.1), 1.4: (-0.9, -0.2)}
+    assert claims.recovery(targets, "eagl", 96.0, 0.5, Unc()) is None
