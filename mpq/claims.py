@@ -25,6 +25,7 @@ from .results import NetworkResults
 from .sensitivity import CostRecord
 
 __all__ = ["CLAIMS", "PAPER_CHEAP_METHOD", "network_facts", "recovers_at", "recovery", "float_tolerance",
+           "best_compared", "proposed_with_auc",
            "claim_recovery", "claim_frontier", "claim_segmentation", "claim_compute", "claims", "claim_networks",
            "mixes", "mix_targets", "title", "ratio",
            "times", "PAPER_LEADING_METHOD"]
@@ -174,15 +175,26 @@ def _recovery_ci(f: Mapping[str, Any]) -> tuple[list[str], str]:
                       f"{h:.2f}: " + ", ".join(parts) + f" -> {dict(yes='recovered', no='not recovered').get(result, result)})")
 
 
+def best_compared(auc: Mapping[str, float]) -> str | None:
+    """The baseline or control with the highest frontier AUC (what C2 compares EAGL and ALPS with)."""
+    base = {m: auc[m] for m in _compared() if m in auc and math.isfinite(auc[m])}
+    return max(base, key=base.get) if base else None
+
+
+def proposed_with_auc(auc: Mapping[str, float]) -> list[str]:
+    """The proposed methods (EAGL, ALPS) that have a frontier AUC."""
+    return [m for m in _ours() if m in auc and math.isfinite(auc[m])]
+
+
 def _frontier_ci(f: Mapping[str, Any]) -> tuple[list[str], str]:
     """C2 per network from intervals: each proposed method's AUC minus the best baseline's or
     control's (by point AUC), paired: yes when the interval is above 0, no when below, else inconclusive."""
     unc, auc = f["unc"], f["auc"]
     base = {m: auc[m] for m in _compared() if m in auc and math.isfinite(auc[m])}
-    ours = [m for m in _ours() if m in auc and math.isfinite(auc[m])]
+    ours = proposed_with_auc(auc)
     if not base or not ours:
         return [], f"no {'baseline' if not base else 'EAGL/ALPS'} frontier to compare"
-    best = max(base, key=base.get)
+    best = best_compared(auc)
     outcomes, parts = [], []
     for m in ours:
         lo, hi = unc.diff(unc.auc(m), unc.auc(best))

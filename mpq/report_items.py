@@ -22,7 +22,7 @@ import pandas as pd
 from scipy import stats
 
 from . import allocate, bitconfig, checkpoint, diagnostics, methods, paths
-from .claims import PAPER_CHEAP_METHOD, mix_targets, ratio, recovery
+from .claims import PAPER_CHEAP_METHOD, best_compared, mix_targets, proposed_with_auc, ratio, recovery
 from .frontier import UNIFORM
 from .results import NetworkResults
 from .sensitivity import CostRecord, allocator_table
@@ -410,3 +410,39 @@ def reliability(nets: Sequence[NetworkResults]) -> pd.DataFrame:
                     rows.append({"network": net.network, "method": m, "retest": kind, "layers": len(t),
                                  "spearman": float(rho), "spearman_p": float(p)})
     return pd.DataFrame(rows, columns=["network", "method", "retest", "layers", "spearman", "spearman_p"])
+
+
+NOISE_COLUMNS = ["network", "quantity", "estimate", "sd", "sd_images", "sd_seeds", "images", "seeds"]
+
+
+def noise_budget(nets: Sequence[NetworkResults], facts: Mapping[str, Mapping]) -> pd.DataFrame:
+    """T10: where the uncertainty of the comparisons comes from, per network.
+
+    For C2's comparisons (each proposed method's frontier AUC minus the best
+    baseline's or control's) and for a typical mix (the median over the
+    proposed methods' mixes), the standard deviation of the bootstrap replicates
+    when both sources are drawn (``sd``), the test images only (``sd_images``)
+    and the fine-tune seeds only (``sd_seeds``); ``mpq.uncertainty.NetworkUncertainty.resampling``.
+    A larger test set shrinks ``sd_images`` (as one over the square root of its
+    size), more seeds shrink ``sd_seeds``.
+    """
+    rows = []
+    for net in nets:
+        f = facts[net.network]
+        unc = f.get("unc")
+        if unc is None:
+            continue
+        draws = {"sd": unc, "sd_images": unc.resampling("images"), "sd_seeds": unc.resampling("seeds")}
+        best = best_compared(f["auc"])
+        common = {"network": net.network, "images": unc.images, "seeds": len(unc.seeds)}
+        for m in proposed_with_auc(f["auc"]) if best else []:
+            rows.append({**common, "quantity": f"AUC {methods.label(m)} - {methods.label(best)}",
+                         "estimate": f["auc"][m] - f["auc"][best],
+                         **{k: float(np.std(u.auc(m) - u.auc(best))) for k, u in draws.items()}})
+        mixes_ = [(m, t, y) for m in proposed_with_auc(f["auc"]) for _, y, t in f["targets"].get(m, [])]
+        if mixes_:
+            sds = {k: [float(np.std(u.config(m, t))) for m, t, _ in mixes_] for k, u in draws.items()}
+            rows.append({**common, "quantity": f"a mix's metric (median over {len(mixes_)} mixes)",
+                         "estimate": float(np.median([y for *_, y in mixes_])),
+                         **{k: float(np.median(v)) for k, v in sds.items()}})
+    return pd.DataFrame(rows, columns=NOISE_COLUMNS)

@@ -23,8 +23,9 @@ import torch
 
 from .metrics import metric_from_sums
 
-__all__ = ["Replicates", "replicates", "interval", "LEVEL", "REPLICATES"]
+__all__ = ["Replicates", "replicates", "interval", "LEVEL", "REPLICATES", "SOURCES"]
 
+SOURCES = ("images", "seeds")  # what a replicate resamples: the test images, the fine-tune seeds
 LEVEL = 0.95         # two-sided coverage of every interval
 REPLICATES = 2000    # bootstrap replicates per network
 
@@ -37,15 +38,24 @@ class Replicates:
     seed_weights: np.ndarray
 
     @classmethod
-    def draw(cls, images: int, seeds: int, *, reps: int = REPLICATES, seed: int = 0) -> Replicates:
+    def draw(cls, images: int, seeds: int, *, reps: int = REPLICATES, seed: int = 0,
+             resample: tuple[str, ...] = SOURCES) -> Replicates:
         """``reps`` replicates over ``images`` test samples and ``seeds`` fine-tune seeds
-        (multinomial counts; one seed: its weight is always 1)."""
+        (multinomial counts; one seed: its weight is always 1).
+
+        ``resample`` names the sources drawn (``SOURCES``); one left out keeps its
+        observed values (every weight 1), so a draw of ``("images",)`` alone gives the
+        spread that comes from the test images only (``noise_sources``).
+        """
         if images < 1 or seeds < 1 or reps < 1:
             raise ValueError(f"need at least one image, seed and replicate, got {images}, {seeds}, {reps}")
+        unknown = set(resample) - set(SOURCES)
+        if unknown or not resample:
+            raise ValueError(f"resample: choose one or more of {SOURCES}, got {tuple(resample)}")
         rng = np.random.default_rng(seed)
         w = rng.multinomial(images, np.full(images, 1.0 / images), size=reps).astype(np.float64)
         v = rng.multinomial(seeds, np.full(seeds, 1.0 / seeds), size=reps).astype(np.float64)
-        return cls(w, v)
+        return cls(w if "images" in resample else np.ones_like(w), v if "seeds" in resample else np.ones_like(v))
 
     def values(self, samples: np.ndarray | Sequence[np.ndarray], task: str) -> np.ndarray:
         """Replicate values ``(B,)`` of one configuration: ``samples`` ``(S, N, k)``, one row block per seed.
@@ -70,9 +80,10 @@ class Replicates:
         return (metric * self.seed_weights).sum(1) / self.seed_weights.sum(1)
 
 
-def replicates(images: int, seeds: int, *, reps: int = REPLICATES, seed: int = 0) -> Replicates:
+def replicates(images: int, seeds: int, *, reps: int = REPLICATES, seed: int = 0,
+               resample: tuple[str, ...] = SOURCES) -> Replicates:
     """``Replicates.draw``: the one resampling every comparison of a network shares."""
-    return Replicates.draw(images, seeds, reps=reps, seed=seed)
+    return Replicates.draw(images, seeds, reps=reps, seed=seed, resample=resample)
 
 
 def interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:

@@ -12,7 +12,9 @@ seeds with replacement. From it:
   as ``mpq.frontier.summarize`` does (trapezoid over relative throughput,
   uniform ends included, divided by the span) but on every replicate;
 - ``interval(values)`` / ``diff(a, b)``: percentile intervals of values and
-  of paired differences.
+  of paired differences;
+- ``resampling("images")`` / ``resampling("seeds")``: the same numbers with
+  only one source of noise drawn (the report's noise budget, T10).
 
 Every configuration must have been run with the same seeds on the same test
 images (the frontier does); a network whose sample files are missing (results
@@ -99,6 +101,19 @@ class NetworkUncertainty:
             y = np.stack([self.config(m, t) for t, _, m in pts], 1)  # (B, points)
             self._cache[key] = (np.trapezoid(y, x, axis=1) / (x[-1] - x[0]) if x[-1] > x[0] else y.mean(1))
         return self._cache[key]
+
+    def resampling(self, *sources: str) -> NetworkUncertainty:
+        """The same results under a draw of ``sources`` only (``mpq.stats.SOURCES``; the others
+        held at their observed values): where the spread of a number comes from."""
+        images, seeds = self.draw.image_weights.shape[1], self.draw.seed_weights.shape[1]
+        return NetworkUncertainty(self.task, self.frontier, self.samples, self.baselines, self.seeds,
+                                  stats.replicates(images, seeds, reps=self.draw.image_weights.shape[0],
+                                                   resample=sources))
+
+    @property
+    def images(self) -> int:
+        """Test images per configuration."""
+        return int(self.draw.image_weights.shape[1])
 
     @staticmethod
     def interval(values: np.ndarray) -> tuple[float, float]:

@@ -24,7 +24,7 @@ FLOAT = {"resnet50": 90.0, "pspnet": 60.0}
 FIGURES = {"F1_frontier_resnet50", "F3_frontier_pspnet", "F4_sensitivity_profiles", "F5_rank_correlation",
            "F6_compute_time", "F7_ablation", "F8_additivity"}
 TABLES = {"T1_headline", "T2_matched_throughput", "T3_compute_time", "T4_claims", "T5_rank_correlation",
-          "T6_ablation", "T7_additivity", "T8_step_diagnostic", "T9_reliability"}
+          "T6_ablation", "T7_additivity", "T8_step_diagnostic", "T9_reliability", "T10_noise_budget"}
 
 
 STEP_MOVE = {4: (1.0, 1.0), 2: (0.9, 1.2)}  # trained / initial step of the even and odd layers

@@ -173,3 +173,30 @@ def test_recovery_rule_is_the_same_for_t1_c1_and_metrics():
     assert claims.recovery(targets, "eagl", 96.0, 0.01, Unc()) == (1.4, 95.5, -0.45, 0.0)
     Unc.diffs = {**Unc.diffs, 1.2: (-0.6, -0.1), 1.4: (-0.9, -0.2)}
     assert claims.recovery(targets, "eagl", 96.0, 0.5, Unc()) is None
+
+
+def test_noise_budget_splits_test_images_from_seeds(tmp_path, monkeypatch):
+    rng = np.random.default_rng(5)
+    frontier = _frontier(tmp_path, rng, {"eagl": 0.05, "hessian": 0.0})
+    unc = NetworkUncertainty.load(tmp_path, frontier, "classification", reps=300)
+    images, seeds = unc.resampling("images"), unc.resampling("seeds")
+    # the two seeds predict alike here: all of the spread comes from the test images
+    assert np.std(seeds.config("eagl", 1.3)) == 0 and np.std(images.config("eagl", 1.3)) > 0
+    assert np.std(unc.config("eagl", 1.3)) == pytest.approx(np.std(images.config("eagl", 1.3)), rel=0.25)
+    with pytest.raises(ValueError, match="resample: choose one or more of"):
+        stats.replicates(10, 2, resample=("pixels",))
+    monkeypatch.setattr(claims, "_ours", lambda: ["eagl"])
+    monkeypatch.setattr(claims, "_compared", lambda: ["hessian"])
+    facts = {"auc": {"eagl": float(unc.auc("eagl").mean()), "hessian": float(unc.auc("hessian").mean())},
+             "unc": unc, "targets": {"eagl": [(1.3, 85.0, 1.3), (1.6, 75.0, 1.6)]}}
+
+    class Net:
+        network = "n"
+
+    t = report_items.noise_budget([Net()], {"n": facts})
+    assert list(t.quantity) == ["AUC EAGL - Hessian (HAWQ)", "a mix's metric (median over 2 mixes)"]
+    auc = t.iloc[0]
+    assert auc.estimate == pytest.approx(facts["auc"]["eagl"] - facts["auc"]["hessian"])
+    assert auc.sd_seeds == 0 and auc.sd_images > 0 and (auc.images, auc.seeds) == (300, 2)
+    assert t.iloc[1].estimate == 80.0
+    assert report_items.noise_budget([Net()], {"n": {**facts, "unc": None}}).empty  # no samples: no rows
