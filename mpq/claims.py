@@ -8,8 +8,11 @@ which are compared is the method registry's ``role``; the tolerance and the
 compute threshold are settings (``report`` in ``params.yaml``). A test can
 build facts where a claim holds and where it fails.
 
-Verdicts: all items of a claim hold -> reproduced (partially if some network
-was not run); some hold -> partially reproduced; none -> not reproduced.
+Verdicts (``_verdict3``): every item of a claim yes -> reproduced (partially if
+some network was not run); yes and no mixed -> partially reproduced; all no ->
+not reproduced; otherwise inconclusive at this scale. C1-C3 items come from
+paired bootstrap intervals where a network has per-image results, else from
+means (``_judge``); C4's from device-seconds.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ __all__ = ["CLAIMS", "PAPER_CHEAP_METHOD", "network_facts", "recovers_at", "reco
 _EPS = 1e-9
 
 CLAIMS = {
-    "C1": "A 4/2-bit mix recovers full-precision accuracy (within tolerance) at a throughput above 1.0x "
+    "C1": "A 4/2-bit mix recovers full-precision accuracy (within float's own uncertainty) at a throughput above 1.0x "
           "for ResNet-50 and ResNet-101, with EAGL or ALPS",
     "C2": "EAGL and ALPS give a better accuracy-throughput frontier than the leading layer-selection "
           "methods (Hessian/HAWQ, no-fine-tune drop/AIMET, random)",
@@ -242,37 +245,38 @@ def _recovery_items(facts: Mapping[str, Mapping], networks: Sequence[str], toler
     return passes, words
 
 
-def _interval_claim(facts: Mapping[str, Mapping], networks: Sequence[str],
-                    parts: Sequence[Any]) -> tuple[str, str] | None:
-    """A claim judged from paired intervals: each of ``parts`` (``_recovery_ci``, ``_frontier_ci``)
-    gives per network its item outcomes and evidence; None when a network lacks intervals (the
-    caller then judges from means)."""
+def _judge(facts: Mapping[str, Mapping], networks: Sequence[str], parts: Sequence[str],
+           tolerance: float = 0.0) -> tuple[str, str]:
+    """A claim's verdict and evidence from its ``parts`` ("recovery", "frontier"), network by network:
+    from paired intervals where the network has them (``_recovery_ci``, ``_frontier_ci``: yes / no /
+    inconclusive), else from means (``_recovery_items`` within ``tolerance``, ``_frontier_items``: yes / no),
+    so that each network is judged by the same rule as its T1 row (``recovery``)."""
     present = [n for n in networks if n in facts]
-    if not present or any(facts[n].get("unc") is None for n in present):
-        return None
+    missing = [n for n in networks if n not in facts]
+    by_means = {"recovery": lambda n: _recovery_items(facts, [n], tolerance),
+                "frontier": lambda n: _frontier_items(facts, [n])}
+    by_ci = {"recovery": _recovery_ci, "frontier": _frontier_ci}
     items, words = [], []
     for n in present:
         for part in parts:
-            outcomes, text = part(facts[n])
-            items += outcomes
-            words.append(f"{title(n)} {text}")
-    missing = [n for n in networks if n not in facts]
+            if facts[n].get("unc") is not None:
+                outcomes, text = by_ci[part](facts[n])
+                items += outcomes
+                words.append(f"{title(n)} {text}")
+            else:
+                passes, texts = by_means[part](n)
+                items += [YES if ok else NO for ok in passes]
+                words += texts
     return _verdict3(items, missing), _join(words, missing)
 
 
 def claim_recovery(facts: Mapping[str, Mapping], *, tolerance: float,
                    networks: Sequence[str] | None = None) -> tuple[str, str]:
     """Claim 1: per network (default: those of C1), does a proposed method reach a point above 1.0x
-    that recovers float? From paired intervals when every network has them (``_recovery_ci``),
-    else from means within ``tolerance`` of float."""
+    that recovers float? From paired intervals where a network has them (``_recovery_ci``), else from
+    means within ``tolerance`` of float (``_judge``)."""
     networks = claim_networks("C1") if networks is None else networks
-    judged = _interval_claim(facts, networks, [_recovery_ci])
-    if judged:
-        return judged
-    present = [n for n in networks if n in facts]
-    missing = [n for n in networks if n not in facts]
-    passes, words = _recovery_items(facts, present, tolerance)
-    return _verdict(passes, missing), _join(words, missing)
+    return _judge(facts, networks, ["recovery"], tolerance)
 
 
 def _frontier_items(facts: Mapping[str, Mapping], networks: Sequence[str]) -> tuple[list[bool], list[str]]:
@@ -296,27 +300,14 @@ def claim_frontier(facts: Mapping[str, Mapping], *, networks: Sequence[str] | No
     """Claim 2: per network (default: those of C2), the AUC of every proposed method >= the best
     AUC of the baselines and controls."""
     networks = claim_networks("C2") if networks is None else networks
-    judged = _interval_claim(facts, networks, [_frontier_ci])
-    if judged:
-        return judged
-    present = [n for n in networks if n in facts]
-    missing = [n for n in networks if n not in facts]
-    passes, words = _frontier_items(facts, present)
-    return _verdict(passes, missing), _join(words, missing)
+    return _judge(facts, networks, ["frontier"])
 
 
 def claim_segmentation(facts: Mapping[str, Mapping], *, tolerance: float,
                        networks: Sequence[str] | None = None) -> tuple[str, str]:
     """Claim 3: claims 1 and 2 on the segmentation network(s) (default: those of C3; mIoU)."""
     networks = claim_networks("C3") if networks is None else networks
-    judged = _interval_claim(facts, networks, [_recovery_ci, _frontier_ci])
-    if judged:
-        return judged
-    present = [n for n in networks if n in facts]
-    missing = [n for n in networks if n not in facts]
-    p1, w1 = _recovery_items(facts, present, tolerance)
-    p2, w2 = _frontier_items(facts, present)
-    return _verdict(p1 + p2, missing), _join(w1 + w2, missing)
+    return _judge(facts, networks, ["recovery", "frontier"], tolerance)
 
 
 def claim_compute(facts: Mapping[str, Mapping], *, networks: Sequence[str] | None = None,

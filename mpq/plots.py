@@ -84,6 +84,7 @@ def save(fig: Figure, stem: str | Path) -> Path:
 
 
 def frontier(curves: pd.DataFrame, *, float_metric: float, tolerance: float, metric_label: str,
+             band_label: str | None = None,
              title: str, methods: Sequence[str]) -> Figure:
     """Metric vs relative throughput: one line per method, uniform ends, float line.
 
@@ -117,7 +118,7 @@ def frontier(curves: pd.DataFrame, *, float_metric: float, tolerance: float, met
                label=f"Float ({float_metric:.1f})", zorder=2)
     if tolerance > 0:
         ax.axhspan(float_metric - tolerance, float_metric, color=_color("float"), alpha=0.12, lw=0,
-                   label=f"within {tolerance:g} pt of float", zorder=1)
+                   label=band_label or f"within {tolerance:g} pt of float", zorder=1)
     ax.set_xlabel("Relative throughput vs all-4-bit (x)")
     ax.set_ylabel(metric_label)
     ax.set_title(title)

@@ -90,10 +90,13 @@ def build(results: str | Path, out: str | Path, networks: list[str], *, scale: s
 
     with plots.style():
         for net in nets:
-            report.figure(_frontier_figure(net, summaries[net.network], uniforms[net.network], tolerance=tolerance,
-                                           scale=scale), f"{net.spec.figure}_frontier_{net.network}",
+            rule, margin = report_items.recovery_rule(uncs[net.network], tolerance)
+            band = f"C1 margin: float's interval half-width ({margin:.2f})" if rule == "interval" else None
+            report.figure(_frontier_figure(net, summaries[net.network], uniforms[net.network], tolerance=margin,
+                                           band_label=band, scale=scale), f"{net.spec.figure}_frontier_{net.network}",
                           f"{net.title}: {net.metric_name} vs relative throughput (all-4-bit = 1.0x), "
-                          "per selection method; stars: uniform 4/2-bit; dashed: float.")
+                          "per selection method; stars: uniform 4/2-bit; dashed: float; band: the margin below "
+                          "float within which a mix recovers it (C1).")
         report.figure(plots.sensitivity_profiles(
             report_items.profiles(nets, cost_kind=cost_kind, start_bits=start_bits, low_bits=low_bits),
             methods=profiled), "F4_sensitivity_profiles",
@@ -177,11 +180,15 @@ def build(results: str | Path, out: str | Path, networks: list[str], *, scale: s
     noise = report_items.noise_budget(nets, facts)
     report.table(noise, "T10_noise_budget", "T10. Noise budget: where the uncertainty comes from",
                  "Per network: C2's comparisons (frontier AUC of EAGL and ALPS minus the best baseline's or "
-                 "control's) and a typical mix (median over the proposed methods' mixes), with the standard "
-                 "deviation of their paired bootstrap replicates when the test images and the fine-tune seeds "
-                 "are both drawn (sd), the test images only (sd_images) and the seeds only (sd_seeds). A test "
-                 "set k times larger divides sd_images by about sqrt(k); k times more seeds divide sd_seeds "
-                 "by about sqrt(k).", formats={"quantity": str})
+                 "control's) and C1's (a mix of EAGL or ALPS above 1.0x minus float; the median over those mixes "
+                 "of the estimate and of each spread), with the standard deviation of their paired bootstrap "
+                 "replicates when the test images and the fine-tune seeds are both drawn (sd), only the test "
+                 "images (sd_images, seeds held at their results) and only the seeds (sd_seeds, on the whole "
+                 "test set; n/a with one seed). Both partial spreads hold the images x seeds interaction, so "
+                 "they do not add up to sd. A test set k times larger divides sd_images by about sqrt(k), k "
+                 "times more seeds divide sd_seeds by about sqrt(k); with S seeds the bootstrap spread of a "
+                 "seed mean is sqrt((S-1)/S) of its usual standard error (0.87 at 4 seeds), and so are the "
+                 "intervals of T1, T2 and T4.", formats={"quantity": str})
     ci = f"{100 * stats.LEVEL:.0f} % paired bootstrap interval over test images and seeds ({stats.REPLICATES} replicates)"
     head, head_show = report_items.headline(nets, summaries, uniforms, tolerance, uncs)
     report.table(head, "T1_headline", "T1. Headline per network",
@@ -270,10 +277,10 @@ def _index(out: Path, items: Mapping[str, Path], captions: Mapping[str, str], sc
 
 
 def _frontier_figure(net: NetworkResults, summary: pd.DataFrame, uniform: pd.DataFrame, *, tolerance: float,
-                     scale: str) -> Any:
+                     scale: str, band_label: str | None = None) -> Any:
     curves = pd.concat([summary[["method", "rel_throughput", "metric_mean", "metric_std", "seeds"]],
                         uniform[["method", "rel_throughput", "metric_mean", "metric_std", "seeds"]]])
-    fig = plots.frontier(curves, float_metric=net.float_metric, tolerance=tolerance,
+    fig = plots.frontier(curves, float_metric=net.float_metric, tolerance=tolerance, band_label=band_label,
                          metric_label=net.metric_label, methods=net.frontier_methods,
                          title=f"{net.title}: {net.metric_name.split()[1]} vs throughput ({scale} scale)")
     return fig

@@ -22,7 +22,8 @@ import pandas as pd
 from scipy import stats
 
 from . import allocate, bitconfig, checkpoint, diagnostics, methods, paths
-from .claims import PAPER_CHEAP_METHOD, best_compared, mix_targets, proposed_with_auc, ratio, recovery
+from .claims import (PAPER_CHEAP_METHOD, best_compared, float_tolerance, mix_targets, proposed_with_auc, ratio,
+                     recovery)
 from .frontier import UNIFORM
 from .results import NetworkResults
 from .sensitivity import CostRecord, allocator_table
@@ -30,7 +31,7 @@ from .uncertainty import ci_text
 
 __all__ = ["ABLATION_COSTS", "reference_method", "profiles", "rank_correlations", "compute_table", "headline",
            "matched", "ablation", "metrics", "clean", "device_seconds", "profiled_methods", "additivity", "LAYER_COUNT",
-           "step_diagnostic"]
+           "step_diagnostic", "reliability", "noise_budget", "recovery_rule", "NOISE_COLUMNS"]
 
 ABLATION_COSTS = ("throughput", "bops")   # the cost models the ablation compares (mpq.cost.COSTS)
 LAYER_COUNT = "2-bit layer count"         # T7's reference predictor: the number of low-bit layers
@@ -245,8 +246,10 @@ def compute_table(nets: Sequence[NetworkResults]) -> pd.DataFrame:
 def headline(nets: Sequence[NetworkResults], summaries: Mapping[str, pd.DataFrame],
              uniforms: Mapping[str, pd.DataFrame], tolerance: float,
              uncs: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """T1: float, the uniform ends, and per method its cheapest own mix within tolerance of float;
-    with ``uncs`` (``mpq.uncertainty`` per network) every number gets its bootstrap interval."""
+    """T1: float, the uniform ends, and per method its cheapest own mix that recovers float
+    (``claims.recovery``: C1's rule); with ``uncs`` (``mpq.uncertainty`` per network) every number gets
+    its bootstrap interval, a mix its interval of (mix - float), and ``recovery_margin`` is the margin
+    it was judged with (float's own half-width; without intervals: ``tolerance`` on means)."""
     rows, show = [], []
     shown = [m for m in methods.names() if any(m in n.frontier_methods for n in nets)]
     for net in nets:
@@ -264,26 +267,48 @@ def headline(nets: Sequence[NetworkResults], summaries: Mapping[str, pd.DataFram
                 else (math.nan, math.nan)
         for k, (lo, hi) in cis.items():
             row[f"{k}_ci_low"], row[f"{k}_ci_high"] = lo, hi
+        row["recovery_rule"], row["recovery_margin"] = recovery_rule(unc, tolerance)
         disp = {"network": net.title, "metric": net.metric_name,
                 "float": f"{net.float_metric:.2f} {ci_text(*cis['float'])}",
                 "uniform 4-bit": f"{_pm(row['uniform4'], row['uniform4_std'])} {ci_text(*cis['uniform4'])}",
                 "uniform 2-bit": f"{_pm(row['uniform2'], row['uniform2_std'])} {ci_text(*cis['uniform2'])}",
                 "4-bit (baselines step)": f"{row['uniform4_baseline']:.2f}",
-                "2-bit (baselines step)": f"{row['uniform2_baseline']:.2f}"}
+                "2-bit (baselines step)": f"{row['uniform2_baseline']:.2f}",
+                "recovers float if": (f"mix - float > -{row['recovery_margin']:.2f} (interval)" if unc
+                                      else f"mean > float - {tolerance:g}")}
         for m in shown:
             if m not in net.frontier_methods:
                 row[f"{m}_fp_at"] = row[f"{m}_fp_metric"] = disp[methods.label(m)] = "not run"
                 continue
-            hit = recovery(mix_targets(summaries[net.network], m), m, net.float_metric, tolerance, unc)
+            targets = mix_targets(summaries[net.network], m)
+            hit = recovery(targets, m, net.float_metric, tolerance, unc)
             row[f"{m}_fp_at"] = round(hit[0], 4) if hit else "none"
             row[f"{m}_fp_metric"] = round(hit[1], 4) if hit else "none"
             lo, hi = (hit[2], hit[3]) if hit else (math.nan, math.nan)
-            row[f"{m}_fp_ci_low"], row[f"{m}_fp_ci_high"] = lo, hi
-            disp[methods.label(m)] = (f"{hit[0]:.2f}x ({hit[1]:.2f}; minus float {ci_text(lo, hi)})"
-                                      if unc else f"{hit[0]:.2f}x ({hit[1]:.2f})") if hit else "none"
+            row[f"{m}_fp_minus_float_ci_low"], row[f"{m}_fp_minus_float_ci_high"] = lo, hi
+            if hit:
+                disp[methods.label(m)] = (f"{hit[0]:.2f}x ({hit[1]:.2f}; minus float {ci_text(lo, hi)})"
+                                          if unc else f"{hit[0]:.2f}x ({hit[1]:.2f})")
+            else:
+                disp[methods.label(m)] = "none" + _best_miss(targets, m, unc)
         rows.append(row)
         show.append(disp)
     return pd.DataFrame(rows), pd.DataFrame(show)
+
+
+def recovery_rule(unc: Any, tolerance: float) -> tuple[str, float]:
+    """How recovery is judged for a network: ``("interval", float's half-width)`` or ``("means", tolerance)``."""
+    return ("interval", float_tolerance(unc)) if unc is not None else ("means", float(tolerance))
+
+
+def _best_miss(targets: Sequence[tuple[float, float, float]], method: str, unc: Any) -> str:
+    """For a method with no recovering mix: its best mix above 1.0x and that mix's interval of (mix - float)."""
+    above = [p for p in targets if p[0] > 1.0 + 1e-9]
+    if not above:
+        return ""
+    x, y, t = max(above, key=lambda p: p[1])
+    ci = f"; minus float {ci_text(*unc.diff(unc.config(method, t), unc.float_values()))}" if unc else ""
+    return f" (best {x:.2f}x: {y:.2f}{ci})"
 
 
 def _pm(mean: float, std: float) -> str:
@@ -381,6 +406,7 @@ def metrics(nets: Sequence[NetworkResults], summaries: Mapping[str, pd.DataFrame
             "uniform4_frontier": float(u["metric_mean"].iloc[0]) if len(u) else None,
             "uniform2_frontier": float(u["metric_mean"].iloc[-1]) if len(u) > 1 else None,
             "auc": f["auc"], "recovers_fp_at": rec,
+            **dict(zip(("recovery_rule", "recovery_margin"), recovery_rule(f["unc"], tolerance))),
             "seconds": {m: float(net.costs[m]["seconds"]) for m in profiled_methods() if m in net.costs},
             "device_seconds": {m: f["device_seconds"][m] for m in profiled_methods() if m in f["device_seconds"]},
         }
@@ -419,30 +445,39 @@ def noise_budget(nets: Sequence[NetworkResults], facts: Mapping[str, Mapping]) -
     """T10: where the uncertainty of the comparisons comes from, per network.
 
     For C2's comparisons (each proposed method's frontier AUC minus the best
-    baseline's or control's) and for a typical mix (the median over the
-    proposed methods' mixes), the standard deviation of the bootstrap replicates
-    when both sources are drawn (``sd``), the test images only (``sd_images``)
-    and the fine-tune seeds only (``sd_seeds``); ``mpq.uncertainty.NetworkUncertainty.resampling``.
-    A larger test set shrinks ``sd_images`` (as one over the square root of its
-    size), more seeds shrink ``sd_seeds``.
+    baseline's or control's) and C1's (a proposed method's mix above 1.0x minus
+    float: the median over those mixes of the estimate and of each spread), the
+    standard deviation of the paired bootstrap replicates when both sources are
+    drawn (``sd``), the test images only (``sd_images``) and the fine-tune seeds
+    only (``sd_seeds``; NaN with one seed: not measurable);
+    ``mpq.uncertainty.NetworkUncertainty.resampling``. A network without
+    per-image results gets one row that says so.
     """
     rows = []
     for net in nets:
         f = facts[net.network]
         unc = f.get("unc")
         if unc is None:
+            rows.append({"network": net.network, "quantity": "n/a (no per-image results)"})
             continue
         draws = {"sd": unc, "sd_images": unc.resampling("images"), "sd_seeds": unc.resampling("seeds")}
+        one_seed = len(unc.seeds) < 2
+
+        def spread(key: str, values: np.ndarray) -> float:
+            return math.nan if key == "sd_seeds" and one_seed else float(np.nanstd(values))
+
         best = best_compared(f["auc"])
         common = {"network": net.network, "images": unc.images, "seeds": len(unc.seeds)}
         for m in proposed_with_auc(f["auc"]) if best else []:
             rows.append({**common, "quantity": f"AUC {methods.label(m)} - {methods.label(best)}",
                          "estimate": f["auc"][m] - f["auc"][best],
-                         **{k: float(np.std(u.auc(m) - u.auc(best))) for k, u in draws.items()}})
-        mixes_ = [(m, t, y) for m in proposed_with_auc(f["auc"]) for _, y, t in f["targets"].get(m, [])]
+                         **{k: spread(k, u.auc(m) - u.auc(best)) for k, u in draws.items()}})
+        mixes_ = [(m, t, y) for m in proposed_with_auc(f["auc"])
+                  for x, y, t in f["targets"].get(m, []) if x > 1.0 + 1e-9]
         if mixes_:
-            sds = {k: [float(np.std(u.config(m, t))) for m, t, _ in mixes_] for k, u in draws.items()}
-            rows.append({**common, "quantity": f"a mix's metric (median over {len(mixes_)} mixes)",
-                         "estimate": float(np.median([y for *_, y in mixes_])),
+            sds = {k: [spread(k, u.config(m, t) - u.float_values()) for m, t, _ in mixes_]
+                   for k, u in draws.items()}
+            rows.append({**common, "quantity": f"mix - float (median over {len(mixes_)} mixes above 1.0x)",
+                         "estimate": float(np.median([y - f["float"] for *_, y in mixes_])),
                          **{k: float(np.median(v)) for k, v in sds.items()}})
     return pd.DataFrame(rows, columns=NOISE_COLUMNS)

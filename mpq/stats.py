@@ -45,7 +45,8 @@ class Replicates:
 
         ``resample`` names the sources drawn (``SOURCES``); one left out keeps its
         observed values (every weight 1), so a draw of ``("images",)`` alone gives the
-        spread that comes from the test images only (``noise_sources``).
+        spread that comes from the test images only
+        (``mpq.uncertainty.NetworkUncertainty.resampling``, report T10).
         """
         if images < 1 or seeds < 1 or reps < 1:
             raise ValueError(f"need at least one image, seed and replicate, got {images}, {seeds}, {reps}")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mpq import bitconfig, checkpoint, claims, cost, frontier, methods, paths, report, results, tables
+from mpq import bitconfig, checkpoint, claims, cost, frontier, methods, paths, report, report_items, results, tables
 from mpq.quantizers import lsq_init_step
 
 SETTINGS = {"start_bits": 4, "low_bits": 2, "tolerance": 0.1, "compute_factor": 100.0, "cost_kind": "throughput"}
@@ -190,6 +190,17 @@ def test_tables_have_their_columns_and_numbers(built):
     r50, psp = t1.set_index("network").loc["resnet50"], t1.set_index("network").loc["pspnet"]
     assert r50.float_ci_low < FLOAT["resnet50"] < r50.float_ci_high and np.isnan(psp.float_ci_low)
     assert r50.uniform4_ci_low < r50.uniform4 < r50.uniform4_ci_high
+    # recovery: C1's interval rule where intervals exist (its margin: float's half-width), means elsewhere
+    assert (r50.recovery_rule, psp.recovery_rule) == ("interval", "means") and psp.recovery_margin == 0.1
+    assert r50.recovery_margin == pytest.approx((r50.float_ci_high - r50.float_ci_low) / 2)
+    assert r50.alps_fp_minus_float_ci_low >= -r50.recovery_margin and np.isnan(psp.alps_fp_minus_float_ci_low)
+    t10 = pd.read_csv(out / "T10_noise_budget.csv")
+    assert list(t10.columns) == report_items.NOISE_COLUMNS
+    assert list(t10[t10.network == "pspnet"].quantity) == ["n/a (no per-image results)"]
+    r10 = t10[t10.network == "resnet50"]
+    assert len(r10) == 3 and r10.quantity.iloc[-1].startswith("mix - float")
+    _numbers_ok(r10, ["estimate", "sd", "sd_images", "sd_seeds", "images", "seeds"])
+    assert (r10.sd > 0).all() and (r10.images == TEST_IMAGES).all() and (r10.seeds == 2).all()
     t2 = pd.read_csv(out / "T2_matched_throughput.csv")
     assert len(t2) == 2 * 3
     _numbers_ok(t2, ["target"] + [f"{m}_{k}" for m in methods.names() for k in ("mean", "std", "rel_throughput")])
@@ -250,6 +261,9 @@ def test_metrics_json_is_dvc_readable(built):
     r = m["resnet50"]
     assert r["float"] == 90.0 and set(r["auc"]) == set(methods.names())
     assert set(r["seconds"]) == {"eagl", "alps", "hessian"} and r["recovers_fp_at"]["eagl"] > 1.0
+    assert (r["recovery_rule"], m["pspnet"]["recovery_rule"]) == ("interval", "means")
+    t1 = pd.read_csv(out / "T1_headline.csv").set_index("network")
+    assert r["recovers_fp_at"]["alps"] == pytest.approx(float(t1.loc["resnet50", "alps_fp_at"]), abs=1e-4)  # one rule
 
 
 def test_claims_hold_on_agreeing_data(built):

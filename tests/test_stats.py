@@ -193,10 +193,28 @@ def test_noise_budget_splits_test_images_from_seeds(tmp_path, monkeypatch):
     class Net:
         network = "n"
 
-    t = report_items.noise_budget([Net()], {"n": facts})
-    assert list(t.quantity) == ["AUC EAGL - Hessian (HAWQ)", "a mix's metric (median over 2 mixes)"]
-    auc = t.iloc[0]
+    t = report_items.noise_budget([Net()], {"n": {**facts, "float": 90.0}})
+    assert list(t.quantity) == ["AUC EAGL - Hessian (HAWQ)", "mix - float (median over 2 mixes above 1.0x)"]
+    auc, mix = t.iloc[0], t.iloc[1]
     assert auc.estimate == pytest.approx(facts["auc"]["eagl"] - facts["auc"]["hessian"])
     assert auc.sd_seeds == 0 and auc.sd_images > 0 and (auc.images, auc.seeds) == (300, 2)
-    assert t.iloc[1].estimate == 80.0
-    assert report_items.noise_budget([Net()], {"n": {**facts, "unc": None}}).empty  # no samples: no rows
+    assert mix.estimate == -10.0 and mix.sd_seeds == pytest.approx(0, abs=1e-9) and mix.sd_images > 0
+    # paired with float on the same images: far less spread than the mix's metric alone
+    assert mix.sd_images < np.std(images.config("eagl", 1.3))
+    none = report_items.noise_budget([Net()], {"n": {**facts, "unc": None}})
+    assert list(none.quantity) == ["n/a (no per-image results)"]
+
+
+def test_noise_budget_cannot_measure_seeds_from_one_seed(tmp_path):
+    rng = np.random.default_rng(5)
+    frontier = _frontier(tmp_path, rng, {"eagl": 0.05, "hessian": 0.0})
+    frontier = frontier[frontier.seed == 0]
+    unc = NetworkUncertainty.load(tmp_path, frontier, "classification", reps=100)
+    facts = {"auc": {"eagl": 1.0, "hessian": 0.5}, "unc": unc, "float": 90.0,
+             "targets": {"eagl": [(1.3, 85.0, 1.3)]}}
+
+    class Net:
+        network = "n"
+
+    t = report_items.noise_budget([Net()], {"n": facts})
+    assert t.sd_seeds.isna().all() and (t.sd_images > 0).all() and (t.seeds == 1).all()
