@@ -28,7 +28,7 @@ from .results import NetworkResults
 from .sensitivity import CostRecord
 
 __all__ = ["CLAIMS", "PAPER_CHEAP_METHOD", "network_facts", "recovers_at", "recovery", "float_tolerance",
-           "best_compared", "proposed_with_auc",
+           "best_compared", "best_miss", "proposed_with_auc",
            "claim_recovery", "claim_frontier", "claim_segmentation", "claim_compute", "claims", "claim_networks",
            "mixes", "mix_targets", "title", "ratio",
            "times", "PAPER_LEADING_METHOD"]
@@ -150,6 +150,21 @@ def recovery(targets: Sequence[tuple[float, float, float]], method: str, float_m
     return max(ok) if ok else None
 
 
+def best_miss(targets: Sequence[tuple[float, float, float]], method: str, unc: Any = None
+              ) -> tuple[float, float, float, float] | None:
+    """A method's best mix above 1.0x ``(rel_throughput, metric_mean, low, high)``, or None: with ``unc``
+    the mix whose interval of (mix - float) reaches highest (the one ``_recovery_ci`` judges), without it
+    the highest mean (``low, high`` NaN). What T1 and C1 show for a method that does not recover float."""
+    above = [p for p in targets if p[0] > 1.0 + _EPS]
+    if not above:
+        return None
+    if unc is None:
+        x, y, _ = max(above, key=lambda p: p[1])
+        return x, y, math.nan, math.nan
+    cis = [(x, y, *unc.diff(unc.config(method, t), unc.float_values())) for x, y, t in above]
+    return max(cis, key=lambda c: c[3])
+
+
 def _recovery_ci(f: Mapping[str, Any]) -> tuple[list[str], str]:
     """C1 per network from intervals: a proposed method's mix above 1.0x recovers float when the
     lower end of the paired interval of (mix - float) is >= -h, h = the half-width of float's own
@@ -169,18 +184,23 @@ def _recovery_ci(f: Mapping[str, Any]) -> tuple[list[str], str]:
             outcomes.append(YES)
             parts.append(f"{methods.label(m)} {y:.2f} at {x:.2f}x (minus float: [{lo:.2f}, {hi:.2f}])")
         else:
-            cis = [(x, y, unc.diff(unc.config(m, t), unc.float_values())) for x, y, t in mixes_]
-            x, y, (lo, hi) = max(cis, key=lambda c: c[2][1])
-            outcomes.append(NO if all(c[2][1] < -h for c in cis) else UNSURE)
+            x, y, lo, hi = best_miss(mixes_, m, unc)
+            # the best mix by the upper end: no when even its interval lies below -h
+            outcomes.append(NO if hi < -h else UNSURE)
             parts.append(f"{methods.label(m)} best {y:.2f} at {x:.2f}x (minus float: [{lo:.2f}, {hi:.2f}])")
     result = YES if YES in outcomes else (UNSURE if UNSURE in outcomes else NO)
     return [result], (f"(float {f['float']:.2f} [{lo_f:.2f}, {hi_f:.2f}], tolerance = its half-width "
                       f"{h:.2f}: " + ", ".join(parts) + f" -> {dict(yes='recovered', no='not recovered').get(result, result)})")
 
 
+def _compared_auc(auc: Mapping[str, float]) -> dict[str, float]:
+    """The baselines' and controls' finite frontier AUCs."""
+    return {m: auc[m] for m in _compared() if m in auc and math.isfinite(auc[m])}
+
+
 def best_compared(auc: Mapping[str, float]) -> str | None:
     """The baseline or control with the highest frontier AUC (what C2 compares EAGL and ALPS with)."""
-    base = {m: auc[m] for m in _compared() if m in auc and math.isfinite(auc[m])}
+    base = _compared_auc(auc)
     return max(base, key=base.get) if base else None
 
 
@@ -193,11 +213,9 @@ def _frontier_ci(f: Mapping[str, Any]) -> tuple[list[str], str]:
     """C2 per network from intervals: each proposed method's AUC minus the best baseline's or
     control's (by point AUC), paired: yes when the interval is above 0, no when below, else inconclusive."""
     unc, auc = f["unc"], f["auc"]
-    base = {m: auc[m] for m in _compared() if m in auc and math.isfinite(auc[m])}
-    ours = proposed_with_auc(auc)
+    base, ours, best = _compared_auc(auc), proposed_with_auc(auc), best_compared(auc)
     if not base or not ours:
         return [], f"no {'baseline' if not base else 'EAGL/ALPS'} frontier to compare"
-    best = best_compared(auc)
     outcomes, parts = [], []
     for m in ours:
         lo, hi = unc.diff(unc.auc(m), unc.auc(best))
@@ -283,12 +301,11 @@ def _frontier_items(facts: Mapping[str, Mapping], networks: Sequence[str]) -> tu
     passes, words = [], []
     for net in networks:
         auc = facts[net]["auc"]
-        base = {m: auc[m] for m in _compared() if m in auc and math.isfinite(auc[m])}
-        ours = {m: auc[m] for m in _ours() if m in auc and math.isfinite(auc[m])}
+        base, best = _compared_auc(auc), best_compared(auc)
+        ours = {m: auc[m] for m in proposed_with_auc(auc)}
         if not base or not ours:
             words.append(f"{title(net)}: no {'baseline' if not base else 'EAGL/ALPS'} frontier to compare")
             continue
-        best = max(base, key=base.get)
         verdicts = [f"{methods.label(m)} {v:.2f} ({'>=' if v >= base[best] - _EPS else '<'})" for m, v in ours.items()]
         passes += [v >= base[best] - _EPS for v in ours.values()]
         words.append(f"{title(net)} frontier AUC (mean metric over the throughput span): "

@@ -22,8 +22,8 @@ import pandas as pd
 from scipy import stats
 
 from . import allocate, bitconfig, checkpoint, diagnostics, methods, paths
-from .claims import (PAPER_CHEAP_METHOD, best_compared, float_tolerance, mix_targets, proposed_with_auc, ratio,
-                     recovery)
+from .claims import (PAPER_CHEAP_METHOD, best_compared, best_miss, float_tolerance, mix_targets,
+                     proposed_with_auc, ratio, recovery)
 from .frontier import UNIFORM
 from .results import NetworkResults
 from .sensitivity import CostRecord, allocator_table
@@ -303,11 +303,11 @@ def recovery_rule(unc: Any, tolerance: float) -> tuple[str, float]:
 
 def _best_miss(targets: Sequence[tuple[float, float, float]], method: str, unc: Any) -> str:
     """For a method with no recovering mix: its best mix above 1.0x and that mix's interval of (mix - float)."""
-    above = [p for p in targets if p[0] > 1.0 + 1e-9]
-    if not above:
+    miss = best_miss(targets, method, unc)
+    if miss is None:
         return ""
-    x, y, t = max(above, key=lambda p: p[1])
-    ci = f"; minus float {ci_text(*unc.diff(unc.config(method, t), unc.float_values()))}" if unc else ""
+    x, y, lo, hi = miss
+    ci = f"; minus float {ci_text(lo, hi)}" if unc else ""
     return f" (best {x:.2f}x: {y:.2f}{ci})"
 
 

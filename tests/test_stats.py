@@ -173,6 +173,12 @@ def test_recovery_rule_is_the_same_for_t1_c1_and_metrics():
     assert claims.recovery(targets, "eagl", 96.0, 0.01, Unc()) == (1.4, 95.5, -0.45, 0.0)
     Unc.diffs = {**Unc.diffs, 1.2: (-0.6, -0.1), 1.4: (-0.9, -0.2)}
     assert claims.recovery(targets, "eagl", 96.0, 0.5, Unc()) is None
+    # the best miss T1 shows is the mix C1 judges: by mean without intervals, by the upper end with them
+    assert claims.best_miss(targets, "eagl")[:2] == (1.2, 95.9)
+    Unc.diffs = {**Unc.diffs, 1.2: (-0.9, -0.3), 1.4: (-0.8, -0.2)}
+    assert claims.best_miss(targets, "eagl", Unc()) == (1.4, 95.5, -0.8, -0.2)
+    assert report_items._best_miss(targets, "eagl", Unc()).startswith(" (best 1.40x: 95.50")
+    assert claims.best_miss([(1.0, 96.0, 1.0)], "eagl") is None
 
 
 def test_noise_budget_splits_test_images_from_seeds(tmp_path, monkeypatch):
