@@ -15,12 +15,17 @@ against an independent recount of the same forward pass by torch's
 A model whose attention reads its projections' weights directly (Swin's
 ``ShiftedWindowAttention``) must fail with one line naming that module.
 
-The four builders of over 300 M parameters (``HEAVY``) take ~2 of the suite's
-20 minutes on 2 cores; they run when ``MPQ_HEAVY_TESTS=1`` is set.
+By default each *family* of builders (the same builder code at other depths or
+widths: ``vgg11 ... vgg19``, ``convnext_tiny ... convnext_large``, ``regnet_y_16gf``
+and ``regnet_y_32gf`` ...; ``family``) runs through its smallest member, by the
+parameter count torchvision's weights metadata lists; a family's larger members
+(``SIBLINGS``, ~2.5 min on 2 cores) and the four builders of over 300 M parameters
+(``HEAVY``, ~2 min) run when ``MPQ_HEAVY_TESTS=1`` is set.
 """
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -36,6 +41,27 @@ MODELS = sorted(torchvision.models.list_models(module=torchvision.models)
                 + torchvision.models.list_models(module=torchvision.models.segmentation))
 UNSUPPORTED = {"swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b"}
 HEAVY = {"vit_h_14", "regnet_y_128gf", "vit_l_16", "vit_l_32"}  # 304-645 M parameters: 14-44 s each
+
+
+def family(name: str) -> str:
+    """The builder family: the name with its depth, width and size tags (digits, tiny/small/base/large,
+    a closing one-letter size) replaced, e.g. ``vgg#_bn``, ``regnet_y_#gf``, ``convnext_#``, ``vit_#_#``."""
+    name = re.sub(r"\d+|tiny|small|base|large", "#", name)
+    return re.sub(r"_[tsbmlh](?=_|$)", "_#", name)
+
+
+def _params(name: str) -> float:
+    """The parameter count torchvision's weights metadata lists (infinite when it lists none)."""
+    try:
+        return float(next(iter(torchvision.models.get_model_weights(name))).meta["num_params"])
+    except (ValueError, KeyError, StopIteration):
+        return float("inf")
+
+
+_SMALLEST = {}
+for _m in sorted(MODELS, key=lambda m: (_params(m), m)):
+    _SMALLEST.setdefault(family(_m), _m)
+SIBLINGS = {m for m in MODELS if _SMALLEST[family(m)] != m} - HEAVY  # a smaller member of the family runs
 SPEEDUP = {8: 1, 4: 2, 2: 4}  # docs/methods.md, cost model "throughput"
 WEIGHT_OPS = {"aten.convolution", "aten._convolution", "aten.mm", "aten.addmm"}
 LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
@@ -73,9 +99,18 @@ def _recount(model: nn.Module, size: int) -> tuple[dict[str, float], float]:
     return layers, macs(counts["Global"])
 
 
+def _skip(m: str) -> str | None:
+    if os.environ.get("MPQ_HEAVY_TESTS") == "1":
+        return None
+    if m in HEAVY:
+        return "over 300 M parameters: set MPQ_HEAVY_TESTS=1"
+    if m in SIBLINGS:
+        return f"family {family(m)} runs through {_SMALLEST[family(m)]}: set MPQ_HEAVY_TESTS=1"
+    return None
+
+
 @pytest.mark.parametrize("name", [
-    pytest.param(m, marks=pytest.mark.skipif(m in HEAVY and os.environ.get("MPQ_HEAVY_TESTS") != "1",
-                                             reason="over 300 M parameters: set MPQ_HEAVY_TESTS=1"))
+    pytest.param(m, marks=pytest.mark.skipif(_skip(m) is not None, reason=str(_skip(m))))
     for m in MODELS])
 def test_allocate_route_on_torchvision_model(name, tmp_path, capsys, monkeypatch):
     out = tmp_path / "bits.yaml"
