@@ -52,13 +52,14 @@ def write_params(path: Path, scale: str = "tiny", base: Path | None = None, **ov
 
 @pytest.fixture(scope="session")
 def micro_params(embedded, tmp_path_factory):
-    """The tiny preset shrunk further (64 samples, width 1/16) for fast unit tests."""
+    """The tiny preset shrunk further (64 training and validation samples, width 1/16) for fast unit tests."""
     root, _ = embedded
     p = tmp_path_factory.mktemp("params") / "micro.yaml"
     over = {"data__root": str(root), "alps__workers": 1, "hessian__samples": 2}
     for net in ("resnet50", "resnet101", "pspnet"):
         seg = net == "pspnet"
         over.update({f"network__{net}__width": 0.0625, f"network__{net}__train_size": 32 if seg else 64,
+                     f"network__{net}__eval_size": 16 if seg else 64,
                      f"network__{net}__batch_size": 16 if seg else 32,
                      f"network__{net}__float_epochs": 1, f"network__{net}__quant_epochs": 0.5})
     return write_params(p, **over)
