@@ -121,6 +121,20 @@ def test_full_assignment_changes_exactly_those_layers(ctx, monkeypatch):
     assert records.context_key(moved, **common) != ctx.base_key
 
 
+def test_the_reused_working_copy_gives_a_fresh_copys_floats(ctx):
+    """A process resets one working copy per starting model between jobs (``_working_copy``): a job run
+    after others (other bits, fine-tuned weights, BN statistics, gradients) matches one from a fresh copy."""
+    with one_thread():
+        jobs._WORKING.clear()
+        fresh = jobs.run_job(ctx, Job("full", FULL, 0))
+        jobs.run_job(ctx, Job("other", {"block.conv2": 2, "conv3": 2}, 1))
+        jobs.run_job(ctx, Job("ref", {}, 2))
+        after = jobs.run_job(ctx, Job("full", FULL, 0))
+    assert fields(after) == fields(fresh)
+    assert after["eval_loss"] == fresh["eval_loss"] and after["eval_loss_halves"] == fresh["eval_loss_halves"]
+    assert len(jobs._WORKING) == 1 and jobs._WORKING[ctx.model][1] is not ctx.model
+
+
 def test_records_are_reused_and_stale_ones_recomputed(ctx, tmp_path, monkeypatch):
     c = replace(ctx, record_dir=str(tmp_path))
     job_list = [Job("start", {}, 0), Job("full", FULL, 0), Job("a/b", {"conv3": 2}, 0)]
