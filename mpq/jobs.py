@@ -47,7 +47,7 @@ from torch.utils.data import Dataset
 from .data import make_loader
 from .pool import run_pool
 from .progress import Bar, job_bar
-from .quantized import candidate_layers, get_bits, set_bits
+from .quantized import candidate_layers, get_bits, quant_layers, set_bits
 from .quantizers import qrange
 from .records import (RECORD_FORMAT, Job, context_key, job_key, partial_path, plain_bits, record_path,
                       valid_records, wait_for_records, write_record)
@@ -58,25 +58,44 @@ __all__ = ["Job", "JobContext", "context_key", "experiment_context", "run_job", 
 
 _POLL_SECONDS = 2.0  # distributed mode: how often a rank looks for the others' records
 _COUNTED = ("train_samples", "eval_samples", "teacher_samples")  # record fields summed in the stats
-# per process: the module each starting model's jobs reuse (``_working_copy``)
-_WORKING: weakref.WeakKeyDictionary[nn.Module, tuple[torch.device, nn.Module]] = weakref.WeakKeyDictionary()
+# per process: the module each starting model's jobs reuse (``_working_copy``), with its layout
+_WORKING: weakref.WeakKeyDictionary[nn.Module, tuple[Any, nn.Module]] = weakref.WeakKeyDictionary()
+
+
+def _layout(model: nn.Module, device: torch.device) -> tuple:
+    """What a reset by ``load_state_dict`` cannot carry over: the device, each tensor's name, shape,
+    dtype and strides (memory format), and each quantized layer's fixed flag and whether it is quantized."""
+    tensors = tuple((k, tuple(v.shape), v.dtype, v.stride()) for k, v in model.state_dict().items())
+    layers = tuple((n, m.fixed, m.bits is None) for n, m in quant_layers(model).items())
+    return str(device), tensors, layers
 
 
 def _working_copy(model: nn.Module, device: torch.device) -> nn.Module:
     """A module in ``model``'s exact state on ``device``, reused by this process job after job.
 
-    Deep-copied once per starting model and device; each later call resets it
-    to ``model``'s bits (``set_bits`` first, as it re-initialises the steps of
-    changed layers), parameters and buffers (``load_state_dict``, which also
-    refreshes the activation quantizers' cached flags), train/eval mode, and
-    drops the last job's gradients. The same floats as a fresh deep copy, without
-    its cost (at the tiny preset it took as long as the evaluation itself).
+    Deep-copied when this process has none for ``model`` or when the one it has
+    no longer has ``model``'s layout (``_layout``: e.g. a fine-tune left it
+    channels-last); otherwise reset to ``model``'s bits (``set_bits`` first, as
+    it re-initialises the steps of changed layers), parameters and buffers
+    (``load_state_dict``, which also refreshes the activation quantizers' cached
+    flags) and train/eval mode, its last gradients dropped. The same floats as a
+    fresh deep copy, without its cost (at the tiny preset it took as long as the
+    evaluation itself). ``run`` drops the copy when its jobs are done.
     """
+    layout = _layout(model, device)
     held = _WORKING.get(model)
-    if held is None or held[0] != device:
+    if held is None or held[0] != layout or _layout(held[1], device) != layout:
         work = copy.deepcopy(model).to(device)
-        _WORKING[model] = (device, work)
+        _WORKING[model] = (layout, work)
         return work
+    work = held[1]
+    # a layer without a quantizer (bits None) is so in both (``_layout``): set_bits takes ints only
+    set_bits(work, {n: b for n, b in get_bits(model).items() if b is not None}, allow_fixed=True)
+    work.load_state_dict(model.state_dict())
+    work.train(model.training)
+    for param in work.parameters():
+        param.grad = None
+    return work
     work = held[1]
     set_bits(work, get_bits(model), allow_fixed=True)
     work.load_state_dict(model.state_dict())
@@ -327,6 +346,7 @@ def _run_serial(ctx: JobContext, pending: Sequence[Job], threads: int, bar: Bar)
             _advance(bar, out[-1])
     finally:
         torch.set_num_threads(old_threads)
+        _WORKING.pop(ctx.model, None)  # the working copy goes with the run
     return out
 
 

@@ -16,6 +16,7 @@ import mpq
 from mpq import jobs, records
 from mpq.data import make_loader
 from mpq.jobs import Job, JobContext
+from mpq.quantized import quant_layers
 from mpq.train import FitSettings, evaluate
 from tests.conftest import one_thread, tiny_net
 
@@ -133,6 +134,23 @@ def test_the_reused_working_copy_gives_a_fresh_copys_floats(ctx):
     assert fields(after) == fields(fresh)
     assert after["eval_loss"] == fresh["eval_loss"] and after["eval_loss_halves"] == fresh["eval_loss_halves"]
     assert len(jobs._WORKING) == 1 and jobs._WORKING[ctx.model][1] is not ctx.model
+    # a copy whose layout load_state_dict cannot restore (here: channels-last) is replaced, not reset
+    cpu = torch.device("cpu")
+    held = jobs._working_copy(ctx.model, cpu)
+    assert jobs._working_copy(ctx.model, cpu) is held
+    held.to(memory_format=torch.channels_last)
+    assert jobs._working_copy(ctx.model, cpu) is not held
+    # a layer without a quantizer (bits None) in the starting model: job after job still works
+    off = copy.deepcopy(ctx.model)
+    quant_layers(off)["block.conv2"].set_bits(None)  # the layer's own call: mpq.set_bits takes ints
+    with one_thread():
+        first = jobs.run_job(replace(ctx, model=off), Job("conv3", {"conv3": 2}, 0))
+        second = jobs.run_job(replace(ctx, model=off), Job("conv3", {"conv3": 2}, 0))
+    assert fields(first) == fields(second) and mpq.get_bits(off)["block.conv2"] is None
+    # jobs.run drops the copy with its run
+    jobs._WORKING.clear()
+    run(ctx, [Job("ref", {}, 0)])
+    assert len(jobs._WORKING) == 0
 
 
 def test_records_are_reused_and_stale_ones_recomputed(ctx, tmp_path, monkeypatch):

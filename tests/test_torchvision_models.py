@@ -19,7 +19,7 @@ By default each *family* of builders (the same builder code at other depths or
 widths: ``vgg11 ... vgg19``, ``convnext_tiny ... convnext_large``, ``regnet_y_16gf``
 and ``regnet_y_32gf`` ...; ``family``) runs through its smallest member, by the
 parameter count torchvision's weights metadata lists; a family's larger members
-(``SIBLINGS``, ~2.5 min on 2 cores) and the four builders of over 300 M parameters
+(``SIBLINGS``, ~3 min on 2 cores) and the four builders of over 300 M parameters
 (``HEAVY``, ~2 min) run when ``MPQ_HEAVY_TESTS=1`` is set.
 """
 from __future__ import annotations
