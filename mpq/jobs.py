@@ -96,13 +96,6 @@ def _working_copy(model: nn.Module, device: torch.device) -> nn.Module:
     for param in work.parameters():
         param.grad = None
     return work
-    work = held[1]
-    set_bits(work, get_bits(model), allow_fixed=True)
-    work.load_state_dict(model.state_dict())
-    work.train(model.training)
-    for param in work.parameters():
-        param.grad = None
-    return work
 
 
 # ---- the context of a run --------------------------------------------------------------------
