@@ -192,7 +192,7 @@ class FrontierConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    tolerance: float             # C1/C3 "recovers float": within this many points of float's metric
+    tolerance: float             # C1/C3 without per-sample results: "recovers float" = within this many points
     compute_factor: float        # C4 "orders of magnitude less compute": at least this ratio
 
     def validate(self, key: str) -> None:

@@ -10,6 +10,8 @@ one module per concern, re-exported here:
 - ``mpq.folders``: the paper-scale tasks from local folders: ``load_imagenet``
   (ImageFolder layout), ``load_segmentation`` (Cityscapes or ADE20K layouts).
 
+``sample_groups`` (here) names the source sample of every sample of a split
+(the copies of one embedded test digit share it), for the bootstrap.
 ``make_loader`` (here) turns a split into a ``DataLoader``: seeded shuffling for
 training, in order for evaluation, one shard per rank under ``torchrun``.
 Every loader's samples follow the one format ``mpq.taskdata`` describes.
@@ -23,19 +25,39 @@ import os
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .embedded import EmbeddedDataset, build_embedded, load_embedded
 from .folders import (ADE20K_LABEL_TO_TRAIN, CITYSCAPES_LABEL_TO_TRAIN, ImageFiles, SegmentationFiles,
                       decode_rgb, imagenet_transforms, load_imagenet, load_segmentation, pad_collate)
 from .taskdata import IGNORE_INDEX, TaskData
 
-__all__ = ["TaskData", "IGNORE_INDEX", "make_loader", "default_workers",
+__all__ = ["TaskData", "IGNORE_INDEX", "make_loader", "default_workers", "sample_groups",
            "build_embedded", "load_embedded", "EmbeddedDataset",
            "load_imagenet", "load_segmentation", "ImageFiles", "SegmentationFiles", "pad_collate",
            "decode_rgb", "imagenet_transforms", "CITYSCAPES_LABEL_TO_TRAIN", "ADE20K_LABEL_TO_TRAIN"]
 
 MAX_AUTO_WORKERS = 8
+
+
+def sample_groups(dataset: Dataset) -> np.ndarray:
+    """int64 ``(N,)``: the group of every sample of ``dataset`` in order, numbered 0..G-1 by first appearance.
+
+    A dataset with a ``groups`` array (``EmbeddedDataset``: the copies of one test
+    digit at several offsets share a group) gives those, through any nesting of
+    ``Subset``; any other dataset has one group per sample. The bootstrap
+    (``mpq.stats``) draws groups with replacement, so copies of one digit are
+    never counted as independent samples.
+    """
+    index = np.arange(len(dataset))
+    while isinstance(dataset, Subset):
+        index = np.asarray(dataset.indices, dtype=np.int64)[index]
+        dataset = dataset.dataset
+    groups = getattr(dataset, "groups", None)
+    raw = index if groups is None else np.asarray(groups, dtype=np.int64)[index]
+    _, first, inverse = np.unique(raw, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))  # renumber the groups by where they first appear
+    return order[inverse].astype(np.int64)
 
 
 class _EvalShardSampler(DistributedSampler):

@@ -16,7 +16,10 @@ so ``data.dvc`` can pin them:
   (-1 padded), so the disjointness can be checked.
 
 ``load_embedded`` reads one task back as ``TaskData`` (``EmbeddedDataset``
-splits held in memory; a random translation of the train split as augmentation).
+splits held in memory; a random translation of the train split as augmentation;
+the classification test split holds each test digit at 5 fixed offsets,
+``EMBEDDED_TEST_SHIFTS``, with ``groups`` naming the digit of each image, so
+that the bootstrap draws digits, not images: ``mpq.data.sample_groups``).
 """
 from __future__ import annotations
 
@@ -50,6 +53,13 @@ FOREGROUND_THRESHOLD = 127  # a digit's strokes are its pixels brighter than thi
 MASK_DILATION = 2
 PLACEMENT_TRIES, MAX_OVERLAP = 20, 0.25  # positions tried per digit; accepted box overlap fraction
 EMBEDDED_TRAIN_SHIFT = {"classification": 2, "segmentation": 4}  # px of random translation
+# The test split holds every test sample at each of these (dy, dx) offsets, the original first
+# (variant-major: all samples at the first offset, then all at the second, ...). Classification:
+# each test digit where it is and shifted 2 px up, down, left and right, inside the train
+# augmentation's range; 5,000 images from 1,000 digits, worth 2.3-3.0x the 1,000 digits alone in
+# the bootstrap's standard error (README, "A larger test set"; benchmarks/test_set_size.py).
+# Segmentation keeps its 500 canvases: its intervals are dominated by the seeds (report T10).
+EMBEDDED_TEST_SHIFTS = {"classification": ((0, 0), (-2, 0), (2, 0), (0, -2), (0, 2)), "segmentation": ((0, 0),)}
 _BUILD_HINT = "run `mpq data build` (or `python -m mpq data build`)"
 
 
@@ -235,13 +245,18 @@ class EmbeddedDataset(Dataset):
     ``(N, H, W)`` masks. With ``shift`` > 0 each sample is translated by a random
     offset in [-shift, shift] px per axis (torch's global RNG, so
     ``torch.manual_seed`` reproduces it); a mask moves with its image and its
-    uncovered border is background (0).
+    uncovered border is background (0). ``groups`` (int64 ``(N,)``, default
+    ``arange(N)``): the source sample of each one; samples that share a group are
+    copies of one digit or canvas, resampled together by the bootstrap.
     """
 
-    def __init__(self, images: Tensor, targets: Tensor, *, shift: int = 0):
+    def __init__(self, images: Tensor, targets: Tensor, *, shift: int = 0, groups: np.ndarray | None = None):
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         self.images, self.targets, self.shift = images, targets, shift
+        self.groups = np.arange(len(images)) if groups is None else np.asarray(groups, dtype=np.int64)
+        if self.groups.shape != (len(images),):
+            raise ValueError(f"{len(images)} images but groups of shape {self.groups.shape}")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -254,6 +269,17 @@ class EmbeddedDataset(Dataset):
             if target.dim() == 2:
                 target = _translate(target, dy, dx, 0)
         return _normalize_gray(img), target
+
+
+def shifted_copies(images: Tensor, targets: Tensor, shifts) -> tuple[Tensor, Tensor, np.ndarray]:
+    """Every sample at each ``(dy, dx)`` of ``shifts``, variant-major; with each copy's source index.
+
+    A mask (``targets`` of shape ``(N, H, W)``) moves with its image. Returns
+    ``(images, targets, groups)``: ``N * len(shifts)`` of each.
+    """
+    imgs = [_translate(images, dy, dx, 0) for dy, dx in shifts]
+    tgts = [_translate(targets, dy, dx, 0) if targets.dim() == 3 else targets for dy, dx in shifts]
+    return torch.cat(imgs), torch.cat(tgts), np.tile(np.arange(len(images)), len(shifts))
 
 
 def _load_npy(path: Path) -> Tensor:
@@ -269,6 +295,9 @@ def load_embedded(root: str | Path, task: str, *, train_size: int | None = None,
     ``train_size`` keeps the first N training samples (a stratified prefix for
     classification; smaller presets). ``augment`` turns on the random
     translation of the train split (2 px classification, 4 px segmentation).
+    The test split holds every test sample at each offset of
+    ``EMBEDDED_TEST_SHIFTS[task]``, the original first (a prefix of the split,
+    ``eval_size``, is made of original samples), its ``groups`` the sample's index.
     """
     if task not in EMBEDDED_TRAIN_SHIFT:
         raise ValueError(f"task must be one of {sorted(EMBEDDED_TRAIN_SHIFT)}, got {task!r}")
@@ -283,7 +312,9 @@ def load_embedded(root: str | Path, task: str, *, train_size: int | None = None,
             raise ValueError(f"train_size must be in [1, {len(parts['train'][0])}], got {train_size}")
         parts["train"] = tuple(t[:train_size] for t in parts["train"])
     shift = EMBEDDED_TRAIN_SHIFT[task] if augment else 0
-    sets = {s: EmbeddedDataset(*parts[s], shift=shift if s == "train" else 0) for s in SPLITS}
+    sets = {s: EmbeddedDataset(*parts[s], shift=shift if s == "train" else 0) for s in ("train", "val")}
+    test_images, test_targets, groups = shifted_copies(*parts["test"], EMBEDDED_TEST_SHIFTS[task])
+    sets["test"] = EmbeddedDataset(test_images, test_targets, groups=groups)
     return TaskData(task=task, num_classes=10 if task == "classification" else 11,
                     input_size=CLASSIFICATION_SIZE if task == "classification" else SEGMENTATION_SIZE,
                     **sets)

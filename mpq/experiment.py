@@ -304,7 +304,8 @@ class Experiment:
         never replaced. A failed training (non-finite loss, collapse) leaves
         the checkpoint already there untouched. The models' per-test-sample counts
         (``mpq.metrics.sample_stats``) go to ``baselines_samples.npz`` for the
-        report's bootstrap intervals. A fit that is killed resumes
+        report's bootstrap intervals, with each test sample's source digit
+        (``paths.SAMPLE_GROUPS``, ``mpq.data.sample_groups``). A fit that is killed resumes
         from its training checkpoint ``<checkpoint>.partial`` (``mpq.resume``:
         written at every epoch's end and every ``train.checkpoint_steps`` steps,
         removed when the fit ends). The results folder is locked
@@ -357,8 +358,9 @@ class Experiment:
                 atomic.write_json(out / paths.BASELINES_JSON, results)
                 atomic.write_json(out / paths.STEP_DIAGNOSTIC, self.step_diagnostic(out))
                 if all(v is not None for v in samples.values()):  # one process evaluated the whole split
+                    groups = {paths.SAMPLE_GROUPS: data.sample_groups(self.data.test).astype(np.int32)}
                     atomic.write_with(out / paths.BASELINES_SAMPLES, lambda f: np.savez_compressed(
-                        f, **{k: v.astype(np.int32) for k, v in samples.items()}))
+                        f, **{k: v.astype(np.int32) for k, v in samples.items()}, **groups))
         return results
 
     def step_diagnostic(self, out: str | Path) -> dict[str, dict[str, Any]]:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["enter_repository", "RESULTS", "network_dir", "report_dir", "FLOAT_CKPT", "BASELINES_JSON", "SENSITIVITY", "RECORDS", "CONFIGS", "FRONTIER_CSV", "LAYERS_CSV", "FRONTIER_SUMMARY_CSV", "FRONTIER_INPUTS", "FRONTIER_SAMPLES", "BASELINES_SAMPLES", "STEP_DIAGNOSTIC", "uniform_ckpt"]
+__all__ = ["enter_repository", "RESULTS", "network_dir", "report_dir", "FLOAT_CKPT", "BASELINES_JSON", "SENSITIVITY", "RECORDS", "CONFIGS", "FRONTIER_CSV", "LAYERS_CSV", "FRONTIER_SUMMARY_CSV", "FRONTIER_INPUTS", "FRONTIER_SAMPLES", "BASELINES_SAMPLES", "SAMPLE_GROUPS", "STEP_DIAGNOSTIC", "uniform_ckpt"]
 
 RESULTS = Path("results")
 FLOAT_CKPT = "float.pt"
 BASELINES_JSON = "baselines.json"
 STEP_DIAGNOSTIC = "step_diagnostic.json"  # per uniform checkpoint: trained/initial step ratios, EAGL spread
 BASELINES_SAMPLES = "baselines_samples.npz"  # per-test-sample counts of float and the uniform models
+SAMPLE_GROUPS = "test_groups"  # in BASELINES_SAMPLES: each test sample's source digit (mpq.data.sample_groups)
 SENSITIVITY = "sensitivity"  # per-method score tables and cost records
 CONFIGS = "configs"  # bit-configuration files of the frontier
 FRONTIER_CSV = "frontier.csv"

@@ -438,7 +438,7 @@ def reliability(nets: Sequence[NetworkResults]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["network", "method", "retest", "layers", "spearman", "spearman_p"])
 
 
-NOISE_COLUMNS = ["network", "quantity", "estimate", "sd", "sd_images", "sd_seeds", "images", "seeds"]
+NOISE_COLUMNS = ["network", "quantity", "estimate", "sd", "sd_images", "sd_seeds", "images", "sources", "seeds"]
 
 
 def noise_budget(nets: Sequence[NetworkResults], facts: Mapping[str, Mapping]) -> pd.DataFrame:
@@ -467,7 +467,7 @@ def noise_budget(nets: Sequence[NetworkResults], facts: Mapping[str, Mapping]) -
             return math.nan if key == "sd_seeds" and one_seed else float(np.nanstd(values))
 
         best = best_compared(f["auc"])
-        common = {"network": net.network, "images": unc.images, "seeds": len(unc.seeds)}
+        common = {"network": net.network, "images": unc.images, "sources": unc.sources, "seeds": len(unc.seeds)}
         for m in proposed_with_auc(f["auc"]) if best else []:
             rows.append({**common, "quantity": f"AUC {methods.label(m)} - {methods.label(best)}",
                          "estimate": f["auc"][m] - f["auc"][best],

@@ -3,8 +3,8 @@
 Every frontier job and baseline model keeps its per-test-sample counts
 (``mpq.metrics.sample_stats``): rows whose column sums give the metric. A
 bootstrap replicate draws the test images with replacement (one count per
-image, ``image_weights``) and the fine-tune seeds with replacement
-(``seed_weights``); a configuration's replicate value is the seed-weighted
+image, ``image_weights``; the copies of one source digit are drawn as one,
+``groups``) and the fine-tune seeds with replacement (``seed_weights``); a configuration's replicate value is the seed-weighted
 mean of its metric over the drawn images. Comparisons are *paired*: every
 configuration of a network is evaluated under the same replicates (the same
 drawn images and the same drawn seeds), so the interval of a difference
@@ -39,9 +39,14 @@ class Replicates:
 
     @classmethod
     def draw(cls, images: int, seeds: int, *, reps: int = REPLICATES, seed: int = 0,
-             resample: tuple[str, ...] = SOURCES) -> Replicates:
+             resample: tuple[str, ...] = SOURCES, groups: np.ndarray | None = None) -> Replicates:
         """``reps`` replicates over ``images`` test samples and ``seeds`` fine-tune seeds
         (multinomial counts; one seed: its weight is always 1).
+
+        ``groups`` (``(images,)`` ints 0..G-1, ``mpq.data.sample_groups``): samples
+        that are copies of one source (a test digit at several offsets) are drawn
+        together: the G groups are drawn with replacement and every sample gets its
+        group's count. None: every sample is its own group.
 
         ``resample`` names the sources drawn (``SOURCES``); one left out keeps its
         observed values (every weight 1), so a draw of ``("images",)`` alone gives the
@@ -54,7 +59,15 @@ class Replicates:
         if unknown or not resample:
             raise ValueError(f"resample: choose one or more of {SOURCES}, got {tuple(resample)}")
         rng = np.random.default_rng(seed)
-        w = rng.multinomial(images, np.full(images, 1.0 / images), size=reps).astype(np.float64)
+        if groups is None:
+            w = rng.multinomial(images, np.full(images, 1.0 / images), size=reps).astype(np.float64)
+        else:
+            groups = np.asarray(groups, dtype=np.int64)
+            n_groups = int(groups.max()) + 1 if groups.size else 0
+            if groups.shape != (images,) or groups.min() < 0 or np.unique(groups).size != n_groups:
+                raise ValueError(f"groups must number each of the {images} images' group 0..G-1, every group used")
+            counts = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=reps)
+            w = counts[:, groups].astype(np.float64)
         v = rng.multinomial(seeds, np.full(seeds, 1.0 / seeds), size=reps).astype(np.float64)
         return cls(w if "images" in resample else np.ones_like(w), v if "seeds" in resample else np.ones_like(v))
 
@@ -82,9 +95,9 @@ class Replicates:
 
 
 def replicates(images: int, seeds: int, *, reps: int = REPLICATES, seed: int = 0,
-               resample: tuple[str, ...] = SOURCES) -> Replicates:
+               resample: tuple[str, ...] = SOURCES, groups: np.ndarray | None = None) -> Replicates:
     """``Replicates.draw``: the one resampling every comparison of a network shares."""
-    return Replicates.draw(images, seeds, reps=reps, seed=seed, resample=resample)
+    return Replicates.draw(images, seeds, reps=reps, seed=seed, resample=resample, groups=groups)
 
 
 def interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:

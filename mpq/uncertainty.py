@@ -2,8 +2,9 @@
 
 ``NetworkUncertainty.load(folder, net)`` reads the per-test-sample counts the
 pipeline kept (``frontier_samples.npz``, ``baselines_samples.npz``) and draws
-the network's one shared resampling (``mpq.stats``): test images and fine-tune
-seeds with replacement. From it:
+the network's one shared resampling (``mpq.stats``): test images (the copies
+of one test digit together, ``paths.SAMPLE_GROUPS``) and fine-tune seeds with
+replacement. From it:
 
 - ``config(method, target)``: replicate values of a configuration's
   seed-mean metric (``target`` of the uniform ends included);
@@ -48,6 +49,7 @@ class NetworkUncertainty:
     baselines: dict[str, np.ndarray]
     seeds: list[int]
     draw: stats.Replicates
+    groups: np.ndarray | None = None
     _cache: dict = field(default_factory=dict)
 
     @classmethod
@@ -61,6 +63,7 @@ class NetworkUncertainty:
             samples = {k: z[k] for k in z.files}
         with np.load(bs) as z:
             baselines = {k: z[k] for k in z.files}
+        groups = baselines.pop(paths.SAMPLE_GROUPS, None)  # absent: results written before groups existed
         seeds = sorted(int(s) for s in frontier["seed"].unique())
         names = [_job(r.method, float(r.target), int(r.seed)) for r in frontier.itertuples()]
         if any(n not in samples for n in names):
@@ -69,8 +72,11 @@ class NetworkUncertainty:
         if len(images) != 1:
             raise ValueError(f"{folder}: the sample files cover different numbers of test images {sorted(images)}; "
                              "rerun the baselines and frontier steps")
+        n = images.pop()
+        if groups is not None and len(groups) != n:
+            raise ValueError(f"{bs}: {len(groups)} test groups for {n} test images; rerun the baselines step")
         return cls(task, frontier, samples, baselines, seeds,
-                   stats.replicates(images.pop(), len(seeds), reps=reps))
+                   stats.replicates(n, len(seeds), reps=reps, groups=groups), groups)
 
     def config(self, method: str, target: float) -> np.ndarray:
         """Replicates of the seed-mean metric of ``method`` at ``target`` (the uniform ends: ``UNIFORM``)."""
@@ -108,12 +114,17 @@ class NetworkUncertainty:
         images, seeds = self.draw.image_weights.shape[1], self.draw.seed_weights.shape[1]
         return NetworkUncertainty(self.task, self.frontier, self.samples, self.baselines, self.seeds,
                                   stats.replicates(images, seeds, reps=self.draw.image_weights.shape[0],
-                                                   resample=sources))
+                                                   resample=sources, groups=self.groups), self.groups)
 
     @property
     def images(self) -> int:
         """Test images per configuration."""
         return int(self.draw.image_weights.shape[1])
+
+    @property
+    def sources(self) -> int:
+        """Independent test samples the bootstrap draws: source digits (or canvases, or images)."""
+        return self.images if self.groups is None else int(self.groups.max()) + 1
 
     @staticmethod
     def interval(values: np.ndarray) -> tuple[float, float]:

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
 from scipy.ndimage import binary_dilation
 
-from mpq.data import make_loader
-from mpq.embedded import MASK_DILATION, build_embedded, load_embedded
+from mpq.data import make_loader, sample_groups
+from mpq.embedded import EMBEDDED_TEST_SHIFTS, MASK_DILATION, EmbeddedDataset, build_embedded, load_embedded
 from mpq.folders import ADE20K_LABEL_TO_TRAIN, CITYSCAPES_LABEL_TO_TRAIN, load_imagenet, load_segmentation
 
 MEAN, STD = 0.1307, 0.3081
@@ -121,7 +121,7 @@ def test_load_embedded_classification(embedded):
     root, _ = embedded
     data = load_embedded(root, "classification", augment=False)
     assert (data.task, data.num_classes, data.input_size, data.ignore_index) == ("classification", 10, 32, 255)
-    assert [len(d) for d in (data.train, data.val, data.test)] == [3500, 500, 1000]
+    assert [len(d) for d in (data.train, data.val, data.test)] == [3500, 500, 5 * 1000]
     x, label = data.test[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
     assert label.dtype == torch.int64 and label.dim() == 0
@@ -130,6 +130,36 @@ def test_load_embedded_classification(embedded):
     assert torch.allclose(x[0], (raw - MEAN) / STD)
     assert x[0, 0, 0].item() == pytest.approx(-MEAN / STD)
     assert len(load_embedded(root, "classification", train_size=200).train) == 200
+
+
+def test_classification_test_split_is_each_digit_at_five_offsets(embedded):
+    root, _ = embedded
+    test = load_embedded(root, "classification").test
+    raw = torch.from_numpy(_npy(root, "classification", "test_images"))
+    labels = torch.from_numpy(_npy(root, "classification", "test_labels"))
+    n = len(raw)
+    assert EMBEDDED_TEST_SHIFTS["classification"][0] == (0, 0) and len(EMBEDDED_TEST_SHIFTS["classification"]) == 5
+    for k, (dy, dx) in enumerate(EMBEDDED_TEST_SHIFTS["classification"]):
+        for i in (0, 7, n - 1):
+            image = raw[i].roll((dy, dx), (0, 1))  # the 2 px border of a padded digit is empty: a roll is a shift
+            assert torch.equal(test.images[k * n + i], image) and test.targets[k * n + i] == labels[i]
+    # the variants are distinct images, and every image knows its digit
+    assert not torch.equal(test.images[n], test.images[0])
+    assert np.array_equal(test.groups, np.tile(np.arange(n), 5)) and np.array_equal(sample_groups(test), test.groups)
+    # a prefix (eval_size) is made of original digits, each its own group
+    assert np.array_equal(sample_groups(Subset(test, range(128))), np.arange(128))
+    assert len(load_embedded(root, "segmentation").test) == 500  # canvases: one copy each
+
+
+def test_sample_groups_through_subsets_and_plain_datasets():
+    ds = EmbeddedDataset(torch.zeros(6, 2, 2, dtype=torch.uint8), torch.zeros(6, dtype=torch.long),
+                         groups=np.array([3, 4, 5, 3, 4, 5]))
+    assert sample_groups(ds).tolist() == [0, 1, 2, 0, 1, 2]
+    assert sample_groups(Subset(ds, [1, 4, 2])).tolist() == [0, 0, 1]
+    assert sample_groups(Subset(Subset(ds, [5, 4, 3, 2]), [0, 2])).tolist() == [0, 1]
+    assert sample_groups(TensorDataset(torch.zeros(4))).tolist() == [0, 1, 2, 3]  # no groups: one per sample
+    with pytest.raises(ValueError, match="groups of shape"):
+        EmbeddedDataset(torch.zeros(3, 2, 2), torch.zeros(3), groups=np.zeros(2))
 
 
 def test_load_embedded_segmentation(embedded):

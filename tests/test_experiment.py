@@ -24,8 +24,10 @@ def test_baselines_train_checkpoint_and_resume(micro_params, tmp_path):
     assert set(files) == {"float.pt", "uniform4.pt", "uniform2.pt", "baselines.json", "baselines_samples.npz",
                           "step_diagnostic.json"}
     with np.load(tmp_path / "baselines_samples.npz") as z:  # per test image: [right, 1]
-        assert set(z.files) == set(res) and all(100 * z[k][:, 0].mean() == pytest.approx(res[k]["metric"])
-                                                for k in res)
+        assert set(z.files) == set(res) | {"test_groups"} and all(
+            100 * z[k][:, 0].mean() == pytest.approx(res[k]["metric"]) for k in res)
+        # each test image's digit: the micro preset's prefix of the test split holds original digits only
+        assert np.array_equal(z["test_groups"], np.arange(len(z["float"])))
     diag = json.loads((tmp_path / "step_diagnostic.json").read_text())
     assert set(diag) == {"uniform4.pt", "uniform2.pt"} and "score_cv_pct" in diag["uniform4.pt"]
     _, meta = checkpoint.load(tmp_path / "uniform2.pt")

@@ -199,7 +199,7 @@ def test_tables_have_their_columns_and_numbers(built):
     assert list(t10[t10.network == "pspnet"].quantity) == ["n/a (no per-image results)"]
     r10 = t10[t10.network == "resnet50"]
     assert len(r10) == 3 and r10.quantity.iloc[-1].startswith("mix - float")
-    _numbers_ok(r10, ["estimate", "sd", "sd_images", "sd_seeds", "images", "seeds"])
+    _numbers_ok(r10, ["estimate", "sd", "sd_images", "sd_seeds", "images", "sources", "seeds"])
     assert (r10.sd > 0).all() and (r10.images == TEST_IMAGES).all() and (r10.seeds == 2).all()
     t2 = pd.read_csv(out / "T2_matched_throughput.csv")
     assert len(t2) == 2 * 3

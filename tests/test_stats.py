@@ -57,6 +57,26 @@ def test_paired_difference_is_tighter_than_unpaired_and_detects_a_shift():
     assert hi - lo < (uhi - ulo) / 2
 
 
+def test_grouped_bootstrap_draws_the_copies_of_a_digit_together():
+    rng = np.random.default_rng(3)
+    x = _samples(rng, 0.8, n=400, seeds=1)
+    copies = np.concatenate([x] * 5, axis=1)  # every digit five times: no new information
+    groups = np.tile(np.arange(400), 5)
+    r = stats.replicates(2000, 1, reps=400, seed=2, groups=groups)
+    w = r.image_weights.reshape(400, 5, 400)
+    assert (w == w[:, :1]).all() and (r.image_weights.sum(1) == 2000).all()  # one count per digit, 5 copies
+    width = {}
+    for name, (samples, draw) in {"digits": (x, stats.replicates(400, 1, reps=400, seed=2)), "grouped": (copies, r),
+                                  "as images": (copies, stats.replicates(2000, 1, reps=400, seed=2))}.items():
+        lo, hi = stats.interval(draw.values(samples, "classification"))
+        width[name] = hi - lo
+    assert width["grouped"] == pytest.approx(width["digits"], rel=0.2)  # copies add nothing, and the groups know it
+    assert width["as images"] < 0.6 * width["digits"]  # counted as images they would feign sqrt(5) x the data
+    for bad in (np.zeros(2), np.array([0, 2, 2]), np.array([-1, 0, 1])):
+        with pytest.raises(ValueError, match="groups must number"):
+            stats.replicates(3, 1, groups=bad)
+
+
 def test_values_refuse_mismatched_samples():
     r = stats.replicates(10, 2, reps=5)
     with pytest.raises(ValueError, match="samples per seed"):
@@ -104,6 +124,18 @@ def test_network_uncertainty_auc_and_verdicts(tmp_path, monkeypatch):
     assert outcomes == [claims.YES] and "minus Hessian" in words
     outcomes, words = claims._recovery_ci(facts)
     assert outcomes == [claims.NO] and "not recovered" in words  # 5 points under float
+    assert unc.groups is None and unc.sources == unc.images == 300
+    # the baselines file names each test image's digit: the draw follows it, and a mismatch is refused
+    with np.load(tmp_path / paths.BASELINES_SAMPLES) as z:
+        base = {k: z[k] for k in z.files}
+    np.savez(tmp_path / paths.BASELINES_SAMPLES, **base, **{paths.SAMPLE_GROUPS: np.arange(300) % 100})
+    grouped = NetworkUncertainty.load(tmp_path, frontier, "classification", reps=50)
+    assert (grouped.images, grouped.sources) == (300, 100) and "test_groups" not in grouped.baselines
+    w = grouped.resampling("images").draw.image_weights
+    assert (w[:, :100] == w[:, 100:200]).all()
+    np.savez(tmp_path / paths.BASELINES_SAMPLES, **base, **{paths.SAMPLE_GROUPS: np.arange(299)})
+    with pytest.raises(ValueError, match="299 test groups for 300 test images"):
+        NetworkUncertainty.load(tmp_path, frontier, "classification", reps=50)
     # no samples: no uncertainty
     (tmp_path / paths.FRONTIER_SAMPLES).unlink()
     assert NetworkUncertainty.load(tmp_path, frontier, "classification") is None
@@ -203,7 +235,7 @@ def test_noise_budget_splits_test_images_from_seeds(tmp_path, monkeypatch):
     assert list(t.quantity) == ["AUC EAGL - Hessian (HAWQ)", "mix - float (median over 2 mixes above 1.0x)"]
     auc, mix = t.iloc[0], t.iloc[1]
     assert auc.estimate == pytest.approx(facts["auc"]["eagl"] - facts["auc"]["hessian"])
-    assert auc.sd_seeds == 0 and auc.sd_images > 0 and (auc.images, auc.seeds) == (300, 2)
+    assert auc.sd_seeds == 0 and auc.sd_images > 0 and (auc.images, auc.sources, auc.seeds) == (300, 300, 2)
     assert mix.estimate == -10.0 and mix.sd_seeds == pytest.approx(0, abs=1e-9) and mix.sd_images > 0
     # paired with float on the same images: far less spread than the mix's metric alone
     assert mix.sd_images < np.std(images.config("eagl", 1.3))
