@@ -9,7 +9,7 @@ K variants are worth less than K times the digits. This measures how much less.
 On the committed checkpoints of one classification network (float, uniform
 4-bit) and two mixes fine-tuned here from the committed 4-bit model (the EAGL
 and ALPS configurations at the lowest committed throughput target, seed 0,
-the frontier's recipe), it prints, per variant family and K:
+the frontier's recipe; ``--mixes``), it prints, per variant family and K:
 
 - the test top-1 of each model on the variants;
 - per model pair, the standard error of the paired difference in top-1 when the
@@ -25,11 +25,13 @@ bilinear). Run from the repository root after ``dvc repro`` (or with the
 committed results):
 
     python benchmarks/test_set_size.py [--network resnet50] [--variants 10] [--families grid shift affine]
+                                       [--results results] [--mixes eagl alps] [--digits N]
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -85,25 +87,34 @@ def main() -> None:
     p.add_argument("--network", default="resnet50")
     p.add_argument("--variants", type=int, default=10)
     p.add_argument("--params", default="params.yaml")
+    p.add_argument("--results", default="results", help="folder with <network>/float.pt, uniform4.pt, configs/")
+    p.add_argument("--mixes", nargs="*", default=["eagl", "alps"],
+                   help="methods whose mix at the lowest target is fine-tuned and compared (none: float and 4-bit only)")
+    p.add_argument("--digits", type=int, help="use the first N test digits (default: all)")
     p.add_argument("--families", nargs="+", default=["grid", "shift", "affine"], choices=sorted(SUBSETS))
     args = p.parse_args()
     cfg = config.load(args.params)
     exp = Experiment(cfg, args.network, progress=False)
-    res = f"results/{args.network}"
-    fmodel, _ = exp.load(f"{res}/float.pt", "float")
-    u4, _ = exp.load(f"{res}/uniform4.pt", "quant")
+    res = Path(args.results) / args.network
+    fmodel, _ = exp.load(res / "float.pt", "float")
+    u4, _ = exp.load(res / "uniform4.pt", "quant")
     models = {"float": fmodel, "4-bit": u4}
-    target = sorted(p.name.split("-t")[1][:-5] for p in __import__("pathlib").Path(res, "configs").glob("eagl-t*"))[0]
-    for method in ("eagl", "alps"):
-        q, _ = exp.load(f"{res}/uniform4.pt", "quant")
-        set_bits(q, bitconfig.load_bits(f"{res}/configs/{method}-t{target}.yaml", q))
-        t0 = time.perf_counter()
-        exp.finetune(q, teacher=fmodel, seed=0, epochs=cfg.frontier.epochs, desc=method)
-        print(f"fine-tuned the {method} mix at {target}x in {time.perf_counter() - t0:.0f} s")
-        models[f"{method} {target}x"] = q
-    test = exp.data.test
-    images, labels = test.images, test.targets
-    pairs = [("float", "4-bit"), ("float", f"eagl {target}x"), (f"eagl {target}x", f"alps {target}x")]
+    pairs = [("float", "4-bit")]
+    if args.mixes:
+        target = sorted(f.name.split("-t")[1][:-5] for f in (res / "configs").glob(f"{args.mixes[0]}-t*.yaml"))[0]
+        for method in args.mixes:
+            q, _ = exp.load(res / "uniform4.pt", "quant")
+            set_bits(q, bitconfig.load_bits(res / "configs" / f"{method}-t{target}.yaml", q))
+            t0 = time.perf_counter()
+            exp.finetune(q, teacher=fmodel, seed=0, epochs=cfg.frontier.epochs, desc=method)
+            print(f"fine-tuned the {method} mix at {target}x in {time.perf_counter() - t0:.0f} s")
+            models[f"{method} {target}x"] = q
+        first = f"{args.mixes[0]} {target}x"
+        pairs += [("float", first)] + [(first, f"{m} {target}x") for m in args.mixes[1:]]
+    # the original test digits: the first offset of the test split is (0, 0), its groups the digits
+    test = embedded.load_embedded(cfg.data.root, "classification", augment=False).test
+    n = int(test.groups.max()) + 1 if args.digits is None else args.digits
+    images, labels = test.images[:n], test.targets[:n]
     base = {m: correct(exp, mod, images, labels) for m, mod in models.items()}
     se0 = {pr: np.std(base[pr[0]] - base[pr[1]], ddof=1) / np.sqrt(len(labels)) for pr in pairs}
     print(f"{args.network}, {len(labels)} test digits; original: "
@@ -120,7 +131,7 @@ def main() -> None:
         print(f"\n{family}: {k} variants per digit, {secs:.2f} s per 1,000 images per model; top-1 "
               + ", ".join(f"{m} {100 * x.mean():.2f}" for m, x in c.items()))
         print(f"{'K':>3} " + " ".join(f"{a + ' - ' + b:>30}" for a, b in pairs))
-        for kk in sorted(set(SUBSETS[family][:-1]) | {k}):
+        for kk in sorted({j for j in SUBSETS[family][:-1] if j < k} | {k}):
             cells = []
             for a, b in pairs:
                 d = (c[a][:, :kk] - c[b][:, :kk]).mean(1)

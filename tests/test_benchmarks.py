@@ -73,3 +73,24 @@ def test_lsq_steps_benchmark_prints_its_three_parts(micro_params, tmp_path):
     assert moved["1"] <= moved["100"]
     assert "MSE-optimal / LSQ-init step: median" in out
     assert "## 3." not in out
+
+
+def test_test_set_size_benchmark_prints_the_copies_table(micro_params, tmp_path):
+    """benchmarks/test_set_size.py on micro float and 4-bit models: per family, the K rows with
+    the effective-size multiplier of the float - 4-bit pair (1.0 for the grid's K = 1: the originals)."""
+    import torch
+    import test_set_size
+    from mpq import config
+    from mpq.experiment import Experiment
+
+    digits = torch.arange(2 * 32 * 32, dtype=torch.uint8).reshape(2, 32, 32)
+    grid = test_set_size.variants(digits, 25, "grid")
+    assert grid.shape == (2, 25, 32, 32) and torch.equal(grid[:, 0], digits)
+    assert len({tuple(map(tuple, g.tolist())) for g in grid[0]}) == 25  # 25 different offsets
+    Experiment(config.load(micro_params), "resnet50", progress=False).baselines(tmp_path / "resnet50")
+    out = run("benchmarks/test_set_size.py", "--params", str(micro_params), "--results", str(tmp_path),
+              "--mixes", "--digits", "64", "--families", "grid", "shift", "--variants", "3")
+    assert "64 test digits" in out and "grid: 25 variants per digit" in out and "shift: 3 variants per digit" in out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:2].strip().isdigit()]
+    assert [r[0] for r in rows] == ["1", "5", "9", "25", "1", "2", "3"]
+    assert rows[0][-1] == "x1.0"
