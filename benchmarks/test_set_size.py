@@ -56,8 +56,9 @@ def variants(images: torch.Tensor, k: int, family: str, seed: int = 0) -> torch.
     """``(N, k, H, W)`` uint8: ``k`` transforms of each ``(H, W)`` image (seeded; ``grid``: the first k offsets)."""
     g = torch.Generator().manual_seed(seed)
     n = len(images)
-    if family == "grid":
-        return torch.stack([embedded._translate(images, dy, dx, 0) for dy, dx in GRID[:k]], 1)
+    if family == "grid":  # the test split's own construction, variant-major, made digit-major
+        copies, _, _ = embedded.shifted_copies(images, torch.zeros(n), GRID[:k])
+        return copies.reshape((k, n) + images.shape[1:]).transpose(0, 1)
     out = torch.empty((n, k) + images.shape[1:], dtype=torch.uint8)
     for j in range(k):
         dy, dx = (torch.randint(-2, 3, (2, n), generator=g)).tolist()
