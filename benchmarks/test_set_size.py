@@ -45,9 +45,10 @@ from mpq.quantized import set_bits
 from mpq.train import evaluate
 
 
-# ``grid``: every integer offset within the train augmentation's +-2 px, the original first, then
-# the 4 axis offsets of 2 px, the 4 diagonal ones (those 9 are {-2, 0, 2}^2), then the other 16
-GRID = [(0, 0), (-2, 0), (2, 0), (0, -2), (0, 2), (-2, -2), (-2, 2), (2, -2), (2, 2)]
+# ``grid``: every integer offset within the train augmentation's +-2 px: first the test split's own
+# five (the original and the 4 axis offsets of 2 px), the 4 diagonal ones (those 9 are {-2, 0, 2}^2),
+# then the other 16
+GRID = list(embedded.EMBEDDED_TEST_SHIFTS["classification"]) + [(-2, -2), (-2, 2), (2, -2), (2, 2)]
 GRID += [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if (dy, dx) not in GRID]
 SUBSETS = {"grid": (1, 5, 9, 25), "shift": (1, 2, 5, 10), "affine": (1, 2, 5, 10)}
 

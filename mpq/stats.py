@@ -63,8 +63,8 @@ class Replicates:
             w = rng.multinomial(images, np.full(images, 1.0 / images), size=reps).astype(np.float64)
         else:
             groups = np.asarray(groups, dtype=np.int64)
-            n_groups = int(groups.max()) + 1 if groups.size else 0
-            if groups.shape != (images,) or groups.min() < 0 or np.unique(groups).size != n_groups:
+            n_groups = int(groups.max()) + 1 if groups.shape == (images,) else 0
+            if n_groups == 0 or groups.min() < 0 or np.unique(groups).size != n_groups:
                 raise ValueError(f"groups must number each of the {images} images' group 0..G-1, every group used")
             counts = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=reps)
             w = counts[:, groups].astype(np.float64)

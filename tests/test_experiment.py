@@ -14,6 +14,22 @@ from mpq.train import TrainingCollapsed, chance_floor
 from tests.conftest import write_params
 
 
+def test_baselines_write_each_test_images_digit(micro_params, tmp_path):
+    """A test split longer than its 1,000 digits (their shifted copies follow them): the baselines'
+    per-image results carry each image's digit, and the bootstrap draws digits, not images."""
+    from mpq import stats
+    from tests.conftest import write_params
+    params = write_params(tmp_path / "params.yaml", base=micro_params, network__resnet50__eval_size=1200)
+    exp = Experiment(config.load(params), "resnet50", progress=False)
+    exp.baselines(tmp_path / "out")
+    with np.load(tmp_path / "out" / "baselines_samples.npz") as z:
+        groups, rows = z["test_groups"], z["float"]
+    assert len(groups) == len(rows) == 1200
+    assert np.array_equal(groups, np.concatenate([np.arange(1000), np.arange(200)]))  # 200 copies of digits 0-199
+    w = stats.replicates(1200, 1, reps=20, groups=groups).image_weights
+    assert (w[:, 1000:] == w[:, :200]).all()
+
+
 def test_baselines_train_checkpoint_and_resume(micro_params, tmp_path):
     cfg = config.load(micro_params)
     exp = Experiment(cfg, "resnet50", progress=False)
