@@ -4,8 +4,9 @@ Every frontier job and baseline model keeps its per-test-sample counts
 (``mpq.metrics.sample_stats``): rows whose column sums give the metric. A
 bootstrap replicate draws the test images with replacement (one count per
 image, ``image_weights``; the copies of one source digit are drawn as one,
-``groups``) and the fine-tune seeds with replacement (``seed_weights``); a configuration's replicate value is the seed-weighted
-mean of its metric over the drawn images. Comparisons are *paired*: every
+``groups``) and the fine-tune seeds with replacement (``seed_weights``); a
+configuration's replicate value is the seed-weighted mean of its metric over
+the drawn images. Comparisons are *paired*: every
 configuration of a network is evaluated under the same replicates (the same
 drawn images and the same drawn seeds), so the interval of a difference
 holds what is common to both sides fixed, as a paired test does.
