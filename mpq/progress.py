@@ -12,7 +12,8 @@ and papermill passes the kernel's stderr on to its own stdout
 (``--stderr-file -`` in the commands ``mpq.pipeline`` writes into
 ``dvc.yaml``), which ``dvc repro`` shows. ``job_bar`` picks one of the two;
 both offer the part of tqdm's interface that ``mpq.jobs`` uses (``update``,
-``set_postfix``, a context manager).
+``set_postfix``, a context manager). The same serves a training run's steps
+(``unit="step"``: ``resnet50 float: 120/560 steps, 1.90 steps/s, ETA 3m39s``).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO, Union
 
-from tqdm.auto import tqdm
+from tqdm.std import tqdm  # text bar: tqdm.auto's notebook widget needs ipywidgets in the kernel
 
 __all__ = ["INTERVAL", "Bar", "ProgressLines", "format_seconds", "job_bar"]
 
@@ -49,13 +50,13 @@ class ProgressLines:
     """
 
     def __init__(self, total: int, *, initial: int = 0, desc: str = "jobs", stream: TextIO | None = None,
-                 interval: float = INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
-        self.total, self.n, self.desc = total, initial, desc
+                 interval: float = INTERVAL, clock: Callable[[], float] = time.monotonic, unit: str = "job") -> None:
+        self.total, self.n, self.desc, self.unit = total, initial, desc, unit
         self._initial, self._interval, self._clock = initial, interval, clock
         self._stream = stream or sys.stderr
         self._postfix = ""
         self._start = self._last = clock()
-        self._write(f"{initial}/{total} jobs" + (f" ({initial} already done)" if initial else ""))
+        self._write(f"{initial}/{total} {unit}s" + (f" ({initial} already done)" if initial else ""))
 
     def _write(self, text: str) -> None:
         self._stream.write(f"{self.desc}: {text}\n")
@@ -64,10 +65,10 @@ class ProgressLines:
     def _status(self) -> str:
         """``done/total jobs, rate, ETA`` (no rate before the first job of this run finishes)."""
         done, elapsed = self.n - self._initial, self._clock() - self._start
-        text = f"{self.n}/{self.total} jobs"
+        text = f"{self.n}/{self.total} {self.unit}s"
         if done > 0 and elapsed > 0:
             rate = done / elapsed
-            speed = f"{rate:.2f} jobs/s" if rate >= 0.1 else f"{format_seconds(1 / rate)}/job"
+            speed = f"{rate:.2f} {self.unit}s/s" if rate >= 0.1 else f"{format_seconds(1 / rate)}/{self.unit}"
             text += f", {speed}, ETA {format_seconds((self.total - self.n) / rate)}"
         return text + (f", {self._postfix}" if self._postfix else "")
 
@@ -86,26 +87,31 @@ class ProgressLines:
     def close(self) -> None:
         """Write the closing line: jobs done and the wall time of this run."""
         elapsed = format_seconds(self._clock() - self._start)
-        self._write(f"{self.n}/{self.total} jobs, {self.n - self._initial} run in {elapsed}")
+        self._write(f"{self.n}/{self.total} {self.unit}s, {self.n - self._initial} run in {elapsed}")
 
     def __enter__(self) -> "ProgressLines":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if kind is None:
+            self.close()
+        else:  # an error is on its way out: say where the run stopped, not that it finished
+            self._write(f"stopped at {self.n}/{self.total} {self.unit}s after "
+                        f"{format_seconds(self._clock() - self._start)}")
 
 
 Bar = Union[tqdm, ProgressLines]  # what ``job_bar`` returns
 
 
 def job_bar(total: int, *, initial: int = 0, desc: str = "jobs", disable: bool = False,
-            stream: TextIO | None = None) -> Bar:
+            stream: TextIO | None = None, unit: str = "job", leave: bool = True) -> Bar:
     """The progress display of a run of jobs: a tqdm bar on a terminal, ``ProgressLines`` elsewhere.
 
     ``stream`` (default: ``sys.stderr``) is where it writes; ``disable``: a
-    silent (disabled) tqdm bar.
+    silent (disabled) tqdm bar; ``unit``: what is counted (``"job"``,
+    ``"step"``); ``leave``: whether the terminal bar stays when it closes.
     """
     stream = stream or sys.stderr
     if disable or stream.isatty():
-        return tqdm(total=total, initial=initial, desc=desc, disable=disable, file=stream)
-    return ProgressLines(total, initial=initial, desc=desc, stream=stream)
+        return tqdm(total=total, initial=initial, desc=desc, disable=disable, file=stream, unit=unit, leave=leave)
+    return ProgressLines(total, initial=initial, desc=desc, stream=stream, unit=unit)

@@ -51,9 +51,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from . import resume
+from .progress import job_bar
 from .quantizers import WeightQuantizer, qrange
 from .metrics import Accuracy, MeanIoU, sample_stats
 
@@ -289,40 +289,41 @@ def fit(model: nn.Module, loader, *, task: str, settings: FitSettings, device: t
     first = position.get("start", 0)
     n = len(loader)
     batches = _batches(loader, total, **position)
-    bar = tqdm(batches, total=total, initial=first, desc=desc, disable=not progress, leave=False)
-    for step, (epoch, index, epoch_state, (x, y)) in enumerate(bar, start=first):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, total, warmup, settings.lr) * g["lr_mult"]
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last:
-            x = to_channels_last(x)
-        t_out = None
-        with amp:
-            if teacher is not None and settings.distill > 0:
-                with torch.no_grad():
-                    t_out = teacher(x)
-            loss = _loss(forward(x), y, task, settings, t_out)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        pending.append(loss.detach())
-        epoch_end = index == n - 1
-        save = checkpoint is not None and step + 1 < total and (
-            epoch_end or (checkpoint_steps > 0 and (step + 1) % checkpoint_steps == 0))
-        if len(pending) == sync_every or step == total - 1 or save:
-            _check_losses(pending, losses, first, desc)
-            first = step + 1
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if save and checkpoint_writer:
-            gen = getattr(loader, "generator", None)
-            resume.save(checkpoint, resume.TrainCheckpoint(
-                # the epoch and its batches done (all of them at an epoch's end: a resume then
-                # replays the sampler's whole pass, whose last draws come after the last batch)
-                key=checkpoint_key, step=step + 1, epoch=epoch, batch=index + 1,
-                model=resume.unwrap(model).state_dict(), optimizer=opt.state_dict(), epoch_losses=losses[-n:],
-                generator=epoch_state if gen is not None else None,
-                rng=torch.get_rng_state(),
-                cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []))
+    with job_bar(total, initial=first, desc=desc, disable=not progress, unit="step", leave=False) as bar:
+        for step, (epoch, index, epoch_state, (x, y)) in enumerate(batches, start=first):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, warmup, settings.lr) * g["lr_mult"]
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = to_channels_last(x)
+            t_out = None
+            with amp:
+                if teacher is not None and settings.distill > 0:
+                    with torch.no_grad():
+                        t_out = teacher(x)
+                loss = _loss(forward(x), y, task, settings, t_out)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            pending.append(loss.detach())
+            epoch_end = index == n - 1
+            save = checkpoint is not None and step + 1 < total and (
+                epoch_end or (checkpoint_steps > 0 and (step + 1) % checkpoint_steps == 0))
+            if len(pending) == sync_every or step == total - 1 or save:
+                _check_losses(pending, losses, first, desc)
+                first = step + 1
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if save and checkpoint_writer:
+                gen = getattr(loader, "generator", None)
+                resume.save(checkpoint, resume.TrainCheckpoint(
+                    # the epoch and its batches done (all of them at an epoch's end: a resume then
+                    # replays the sampler's whole pass, whose last draws come after the last batch)
+                    key=checkpoint_key, step=step + 1, epoch=epoch, batch=index + 1,
+                    model=resume.unwrap(model).state_dict(), optimizer=opt.state_dict(), epoch_losses=losses[-n:],
+                    generator=epoch_state if gen is not None else None,
+                    rng=torch.get_rng_state(),
+                    cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []))
+            bar.update(1)
     if checkpoint is not None and checkpoint_writer:
         Path(checkpoint).unlink(missing_ok=True)
     tail = losses[-n:]

@@ -71,3 +71,26 @@ def test_progress_lines_reach_papermills_output(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "demo jobs: 0/3 jobs\ndemo jobs: 3/3 jobs, 3 run in 0s\n" in done.stdout
+
+
+def test_training_steps_write_progress_lines_off_a_terminal(capsys):
+    """``mpq.train.fit`` under papermill (stderr not a terminal): step lines with a rate and an ETA."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mpq.train import FitSettings, fit
+    torch.manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,))), batch_size=4)
+    fit(torch.nn.Linear(4, 2), data, task="classification", settings=FitSettings(epochs=3, lr=0.1), desc="toy")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "toy: 0/12 steps" and lines[-1].startswith("toy: 12/12 steps, 12 run in ")
+    out, clock = io.StringIO(), Clock()
+    try:
+        with ProgressLines(8, initial=2, desc="toy", stream=out, unit="step", interval=0.0, clock=clock) as bar:
+            clock.now += 4
+            bar.update(2)
+            raise FloatingPointError
+    except FloatingPointError:
+        pass
+    assert out.getvalue().splitlines() == ["toy: 2/8 steps (2 already done)", "toy: 4/8 steps, 0.50 steps/s, ETA 8s",
+                                           "toy: stopped at 4/8 steps after 4s"]
