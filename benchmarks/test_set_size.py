@@ -18,13 +18,15 @@ the frontier's recipe; ``--mixes``), it prints, per variant family and K:
   variants)^2, i.e. how many times more independent digits the variants are worth;
 - the seconds to evaluate 1,000 test images with the 4-bit model.
 
-Families: ``grid`` (the digit at every integer offset within the train
-augmentation's +-2 px, 25 variants, the original among them), ``shift`` (random integer translations
-within +-2 px), ``affine`` (rotation +-15 deg, scale 0.9-1.1, translation +-2 px,
-bilinear). Run from the repository root after ``dvc repro`` (or with the
-committed results):
+Families: ``drawn`` (the test split's own construction: K distinct offsets per
+digit drawn from the 25 within the train augmentation's +-2 px, with the split's
+seed, so K = 5 is the committed test split itself), ``grid`` (the digit at every
+integer offset within +-2 px, 25 variants, the original first), ``shift``
+(random integer translations within +-2 px, with repeats), ``affine`` (rotation
++-15 deg, scale 0.9-1.1, translation +-2 px, bilinear). Run from the repository
+root after ``dvc repro`` (or with the committed results):
 
-    python benchmarks/test_set_size.py [--network resnet50] [--variants 10] [--families grid shift affine]
+    python benchmarks/test_set_size.py [--network resnet50] [--variants 10] [--families drawn grid shift affine]
                                        [--results results] [--mixes eagl alps] [--digits N]
 """
 from __future__ import annotations
@@ -45,20 +47,26 @@ from mpq.quantized import set_bits
 from mpq.train import evaluate
 
 
-# ``grid``: every integer offset within the train augmentation's +-2 px: first the test split's own
-# five (the original and the 4 axis offsets of 2 px), the 4 diagonal ones (those 9 are {-2, 0, 2}^2),
-# then the other 16
-GRID = list(embedded.EMBEDDED_TEST_SHIFTS["classification"]) + [(-2, -2), (-2, 2), (2, -2), (2, 2)]
+# ``grid``: every integer offset within the train augmentation's +-2 px: the original, the 4 axis
+# offsets of 2 px, the 4 diagonal ones (those 9 are {-2, 0, 2}^2), then the other 16
+GRID = [(0, 0), (-2, 0), (2, 0), (0, -2), (0, 2), (-2, -2), (-2, 2), (2, -2), (2, 2)]
 GRID += [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if (dy, dx) not in GRID]
-SUBSETS = {"grid": (1, 5, 9, 25), "shift": (1, 2, 5, 10), "affine": (1, 2, 5, 10)}
+SUBSETS = {"drawn": (1, 2, 5, 10, 25), "grid": (1, 5, 9, 25), "shift": (1, 2, 5, 10), "affine": (1, 2, 5, 10)}
+FULL = {"drawn": 25, "grid": 25}  # the other families take --variants
 
 
 def variants(images: torch.Tensor, k: int, family: str, seed: int = 0) -> torch.Tensor:
-    """``(N, k, H, W)`` uint8: ``k`` transforms of each ``(H, W)`` image (seeded; ``grid``: the first k offsets)."""
+    """``(N, k, H, W)`` uint8: ``k`` transforms of each ``(H, W)`` image (``seed``; ``grid``: the first k
+    offsets; ``drawn``: the test split's own draw and seed)."""
     g = torch.Generator().manual_seed(seed)
     n = len(images)
-    if family == "grid":  # the test split's own construction, variant-major, made digit-major
-        copies, _, _ = embedded.shifted_copies(images, torch.zeros(n), GRID[:k])
+    if family in ("grid", "drawn"):  # copy-major from mpq.embedded, made digit-major
+        if family == "grid":
+            offsets = np.repeat(np.array(GRID[:k])[None], n, axis=0)
+        else:  # the test split's seed: the first 5 copies are the split's
+            offsets = embedded.draw_offsets(n, k, embedded.EMBEDDED_TRAIN_SHIFT["classification"],
+                                            [embedded.EMBEDDED_SEED, embedded.EVAL_SEED_OFFSET["test"]])
+        copies, _, _ = embedded.offset_copies(images, torch.zeros(n), offsets)
         return copies.reshape((k, n) + images.shape[1:]).transpose(0, 1)
     out = torch.empty((n, k) + images.shape[1:], dtype=torch.uint8)
     for j in range(k):
@@ -93,7 +101,7 @@ def main() -> None:
     p.add_argument("--mixes", nargs="*", default=["eagl", "alps"],
                    help="methods whose mix at the lowest target is fine-tuned and compared (none: float and 4-bit only)")
     p.add_argument("--digits", type=int, help="use the first N test digits (default: all)")
-    p.add_argument("--families", nargs="+", default=["grid", "shift", "affine"], choices=sorted(SUBSETS))
+    p.add_argument("--families", nargs="+", default=["drawn", "grid", "shift", "affine"], choices=sorted(SUBSETS))
     args = p.parse_args()
     cfg = config.load(args.params)
     exp = Experiment(cfg, args.network, progress=False)
@@ -113,10 +121,12 @@ def main() -> None:
             models[f"{method} {target}x"] = q
         first = f"{args.mixes[0]} {target}x"
         pairs += [("float", first)] + [(first, f"{m} {target}x") for m in args.mixes[1:]]
-    # the original test digits: the first offset of the test split is (0, 0), its groups the digits
-    test = embedded.load_embedded(cfg.data.root, "classification", augment=False).test
-    n = int(test.groups.max()) + 1 if args.digits is None else args.digits
-    images, labels = test.images[:n], test.targets[:n]
+    # the original test digits, as the data files hold them (centred, before the split's offsets)
+    folder = Path(cfg.data.root) / "classification"
+    images = torch.from_numpy(np.load(folder / "test_images.npy"))
+    labels = torch.from_numpy(np.load(folder / "test_labels.npy")).long()
+    n = len(labels) if args.digits is None else args.digits
+    images, labels = images[:n], labels[:n]
     base = {m: correct(exp, mod, images, labels) for m, mod in models.items()}
     se0 = {pr: np.std(base[pr[0]] - base[pr[1]], ddof=1) / np.sqrt(len(labels)) for pr in pairs}
     print(f"{args.network}, {len(labels)} test digits; original: "
@@ -124,7 +134,7 @@ def main() -> None:
     print("pair SE (points) on the original digits: "
           + ", ".join(f"{a} - {b}: {100 * s:.3f}" for (a, b), s in se0.items()))
     for family in args.families:
-        k = 25 if family == "grid" else args.variants
+        k = FULL.get(family, args.variants)
         v = variants(images, k, family)
         flat, lab = v.reshape((-1,) + images.shape[1:]), labels.repeat_interleave(k)
         t0 = time.perf_counter()

@@ -10,7 +10,8 @@ one module per concern, re-exported here:
 - ``mpq.folders``: the paper-scale tasks from local folders: ``load_imagenet``
   (ImageFolder layout), ``load_segmentation`` (Cityscapes or ADE20K layouts).
 
-``sample_groups`` (here) names the source sample of every sample of a split
+``dataset_digest`` (from ``mpq.taskdata``) names a split's content, which keys
+results. ``sample_groups`` (here) names the source sample of every sample of a split
 (the copies of one embedded test digit share it), for the bootstrap.
 ``make_loader`` (here) turns a split into a ``DataLoader``: seeded shuffling for
 training, in order for evaluation, one shard per rank under ``torchrun``.
@@ -30,9 +31,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from .embedded import EmbeddedDataset, build_embedded, load_embedded
 from .folders import (ADE20K_LABEL_TO_TRAIN, CITYSCAPES_LABEL_TO_TRAIN, ImageFiles, SegmentationFiles,
                       decode_rgb, imagenet_transforms, load_imagenet, load_segmentation, pad_collate)
-from .taskdata import IGNORE_INDEX, TaskData
+from .taskdata import IGNORE_INDEX, TaskData, dataset_digest
 
-__all__ = ["TaskData", "IGNORE_INDEX", "make_loader", "default_workers", "sample_groups",
+__all__ = ["TaskData", "IGNORE_INDEX", "dataset_digest", "make_loader", "default_workers", "sample_groups",
            "build_embedded", "load_embedded", "EmbeddedDataset",
            "load_imagenet", "load_segmentation", "ImageFiles", "SegmentationFiles", "pad_collate",
            "decode_rgb", "imagenet_transforms", "CITYSCAPES_LABEL_TO_TRAIN", "ADE20K_LABEL_TO_TRAIN"]

@@ -141,6 +141,7 @@ class Experiment:
         self.net = self.cfg.net(self.network)
         self.device = setup_torch(self.cfg)
         self._data: data.TaskData | None = None
+        self._digests: dict[str, Any] = {}  # "of": the TaskData digested, then split -> digest
 
     # ---- data -------------------------------------------------------------------------------
     @property
@@ -214,7 +215,28 @@ class Experiment:
         uniform = None if bits is None else bits[candidate_layers(model)[0]]
         return {"network": self.network, "width": self.net.width, "num_classes": self.data.num_classes,
                 "kind": kind, "bits": bits, "recipe": self.recipe(kind, uniform), "world_size": world()[1],
-                "device": device_name(self.device), **extra}
+                "train_digest": self.digest("train"), "device": device_name(self.device), **extra}
+
+    def digest(self, split: str) -> str | None:
+        """``mpq.data.dataset_digest`` of the split ``split`` (computed once per experiment)."""
+        if self._digests.get("of") is not self.data:  # another TaskData: digest it afresh
+            self._digests = {"of": self.data}
+        if split not in self._digests:
+            self._digests[split] = data.dataset_digest(getattr(self.data, split))
+        return self._digests[split]
+
+    def fit_key(self, kind: str, bits: int | None = None) -> str:
+        """The key a fit's training checkpoint (``mpq.resume``) must carry to be resumed: recipe and train samples."""
+        return f"{self.recipe(kind, bits)}|{self.digest('train')}"
+
+    def _made_here(self, meta: dict[str, Any], kind: str, bits: int | None = None) -> bool:
+        """Whether a checkpoint's ``meta`` is of today's recipe and train samples.
+
+        A checkpoint written before its meta recorded ``train_digest`` is judged by
+        its recipe alone (which has the train split's size, not its samples).
+        """
+        return (meta.get("recipe") == self.recipe(kind, bits)
+                and meta.get("train_digest", self.digest("train")) == self.digest("train"))
 
     def load(self, path: str | Path, kind: str) -> tuple[nn.Module, dict[str, Any]]:
         """Rebuild a model from a checkpoint of this network (``float`` or ``quant``)."""
@@ -326,7 +348,7 @@ class Experiment:
                 t0 = time.perf_counter()
                 self._train(fmodel, self.fit_settings("float"), teacher=None, seed=self.cfg.seed,
                             desc=f"{self.network} float", checkpoint=_partial(float_path),
-                            checkpoint_key=self.recipe("float"))
+                            checkpoint_key=self.fit_key("float"))
                 seconds = time.perf_counter() - t0
                 self._save(float_path, fmodel, self.meta("float", fmodel, seconds=seconds))
             samples = {}
@@ -345,7 +367,7 @@ class Experiment:
                     start_val_metric = self._start_val_metric(qmodel)
                     t0 = time.perf_counter()
                     self.finetune(qmodel, teacher=fmodel, seed=self.cfg.seed, desc=f"{self.network} {name}",
-                                  checkpoint=_partial(path), checkpoint_key=self.recipe("quant", bits))
+                                  checkpoint=_partial(path), checkpoint_key=self.fit_key("quant", bits))
                     seconds = time.perf_counter() - t0
                 test = self.evaluate(qmodel, detail=True)
                 samples[name] = test["samples"]
@@ -422,8 +444,9 @@ class Experiment:
     def recipe(self, kind: str, bits: int | None = None) -> str:
         """A hash of everything that makes a ``float`` or uniform ``bits``-bit checkpoint what it is.
 
-        A checkpoint whose recipe differs (other epochs, lr, width, data, seed,
-        precision, ...) is stale: ``baselines`` retrains it, the later steps refuse it.
+        A checkpoint whose recipe differs (other epochs, lr, width, data size, seed,
+        precision, ...) or whose ``train_digest`` (in its meta) is another split's is
+        stale: ``baselines`` retrains it, the later steps refuse it.
         ``batch_size`` is the global batch, so the recipe is the same on any number
         of ranks: a baseline trained by ``torchrun`` on 8 GPUs is reused by the
         notebooks' single process (the checkpoint's meta records the world size
@@ -452,7 +475,7 @@ class Experiment:
         if not path.is_file():
             return None
         model, meta = self.load(path, kind)
-        if meta.get("recipe") != self.recipe(kind, bits):
+        if not self._made_here(meta, kind, bits):
             return None
         return model, meta["seconds"]
 
@@ -470,9 +493,10 @@ class Experiment:
         models = []
         for path, kind, bits in ((out / paths.uniform_ckpt(start), "quant", start), (out / paths.FLOAT_CKPT, "float", None)):
             model, meta = self.load(path, kind)
-            if meta.get("recipe") != self.recipe(kind, bits):
-                raise checkpoint.CheckpointMismatch(f"checkpoint {path} was trained with other settings than "
-                                                    f"{self.cfg.source or 'the params'}: rerun `mpq baselines`")
+            if not self._made_here(meta, kind, bits):
+                raise checkpoint.CheckpointMismatch(f"checkpoint {path} was trained with other settings or "
+                                                    f"train samples than {self.cfg.source or 'the params'}: "
+                                                    "rerun `mpq baselines`")
             models.append(model)
         return models[0], models[1]
 

@@ -18,6 +18,7 @@ loader worker never rescales a float copy of a full-size image.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .taskdata import IGNORE_INDEX, TaskData
+from .taskdata import IGNORE_INDEX, TaskData, hash_array
 
 __all__ = ["load_imagenet", "load_segmentation", "ImageFiles", "SegmentationFiles", "pad_collate",
            "decode_rgb", "imagenet_transforms", "CITYSCAPES_LABEL_TO_TRAIN", "ADE20K_LABEL_TO_TRAIN"]
@@ -92,6 +93,25 @@ def decode_rgb(path: str) -> Tensor:
     return x if x.dtype == torch.uint8 else to_dtype(x, torch.uint8, scale=True)
 
 
+def _files_digest(paths: Sequence[str], *extra: np.ndarray) -> str:
+    """sha256 of file names relative to their common folder, and of ``extra`` arrays.
+
+    Names, not file contents (reading 1.28 M images to key a run would cost an
+    epoch); relative, so the same dataset mounted elsewhere keeps its digest.
+    """
+    paths = [os.fspath(p) for p in paths]
+    # the common folder of the first and last names in sort order is every name's (cheap for 1.28 M)
+    root = (os.path.commonpath([min(paths), max(paths)]) if len(paths) > 1
+            else os.path.dirname(paths[0]) if paths else "")
+    cut = len(root)
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p[cut:].lstrip(os.sep).encode() + b"\0")
+    for i, array in enumerate(extra):
+        hash_array(h, array, f"extra{i}")
+    return h.hexdigest()
+
+
 class ImageFiles(Dataset):
     """``(path, label)`` samples decoded to RGB uint8 (``decode_rgb``), then ``transform``-ed.
 
@@ -114,6 +134,12 @@ class ImageFiles(Dataset):
 
     def __len__(self) -> int:
         return len(self._labels)
+
+    def content_digest(self) -> str:
+        """The relative file names and labels (``_files_digest``; cached)."""
+        if getattr(self, "_digest", None) is None:
+            self._digest = _files_digest([os.fsdecode(p) for p in self._paths], self._labels)
+        return self._digest
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         image = decode_rgb(os.fsdecode(self._paths[i]))
@@ -296,6 +322,13 @@ class SegmentationFiles(Dataset):
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def content_digest(self) -> str:
+        """The relative image and label file names, the label map and the crop (cached)."""
+        if getattr(self, "_digest", None) is None:
+            crop = np.array([-1 if self.crop_size is None else self.crop_size, *self.scale], dtype=np.float64)
+            self._digest = _files_digest([p for pair in self.pairs for p in pair], np.asarray(self.lut), crop)
+        return self._digest
 
     def _read(self, i: int) -> tuple[Tensor, Tensor]:
         """RGB uint8 image ``(3, H, W)`` and raw label ids uint8 ``(H, W)`` (not yet mapped)."""

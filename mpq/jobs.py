@@ -155,11 +155,11 @@ def experiment_context(exp: Any, qmodel: nn.Module, teacher: nn.Module | None, *
     data, batch_size = exp.data, exp.net.batch_size  # one job runs on one device: the global batch
     train, eval_set = data.train, getattr(data, eval_split)
     speed = exp.speed_options()
-    if speed["precision"] != "fp32":  # bf16 gives other numbers; fp32 keeps the keys records already have
+    if speed["precision"] != "fp32":  # bf16 gives other numbers; fp32 adds nothing to the key
         extra = {**extra, "precision": speed["precision"]}
     key = context_key(qmodel, teacher=teacher, settings=settings, batch_size=batch_size, task=data.task,
-                      num_classes=data.num_classes, ignore_index=data.ignore_index, train_size=len(train),
-                      eval_size=len(eval_set), extra=extra)
+                      num_classes=data.num_classes, ignore_index=data.ignore_index, train_set=train,
+                      eval_set=eval_set, extra=extra)
     return JobContext(model=qmodel, teacher=teacher, train=train, eval_set=eval_set, settings=settings,
                       task=data.task, num_classes=data.num_classes, ignore_index=data.ignore_index,
                       batch_size=batch_size, device=str(exp.device), record_dir=str(record_dir), base_key=key,

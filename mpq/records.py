@@ -6,8 +6,9 @@ it finishes it leaves one JSON record in a record folder,
 A record carries a key: the hash of everything its result depends on, in two
 layers. ``context_key`` hashes the inputs every job of a run shares (the
 starting model's and teacher's tensors and precisions, the fine-tune settings,
-the data sizes, ...); a user whose results depend on more (ALPS: ``low_bits``
-and its method version) folds that in with ``extend_key``. ``job_key`` adds
+the train and evaluation sets' sizes and contents, ...); a user whose results
+depend on more (ALPS: ``low_bits`` and its method version) folds that in with
+``extend_key``. ``job_key`` adds
 one job's bits and seed and the torch thread count the job ran with: the
 thread count changes the order of floating-point sums, so a record made with
 another count is recomputed, not mixed with the others. ``read_record`` returns a record only when it parses,
@@ -31,9 +32,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from . import atomic
 from .quantized import get_bits
+from .taskdata import dataset_digest
 from .train import FitSettings
 
 __all__ = ["Job", "RECORD_FORMAT", "plain_bits", "plain_settings", "context_key", "extend_key", "job_key",
@@ -94,24 +97,30 @@ def _hash_state(h: "hashlib._Hash", module: nn.Module) -> None:
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
+def _split_identity(dataset: Any) -> dict[str, Any]:
+    return {"size": len(dataset), "digest": dataset_digest(dataset)}
+
+
 def context_key(model: nn.Module, *, teacher: nn.Module | None, settings: FitSettings, batch_size: int,
-                task: str, num_classes: int, ignore_index: int, train_size: int, eval_size: int,
+                task: str, num_classes: int, ignore_index: int, train_set: Dataset, eval_set: Dataset,
                 extra: Mapping[str, Any] | None = None) -> str:
     """The hash of every input shared by the jobs of a run (the ``base_key`` of ``mpq.jobs.JobContext``).
 
     The starting model's tensors and its layers' precisions (which are not in
     the state dict), the teacher's tensors when there is one, the fine-tune
     settings, the batch size, the task, the number of classes,
-    ``ignore_index``, the sizes of the train and evaluation sets, the record
-    format and ``extra`` (anything else the caller's results depend on, e.g.
-    the step that runs the jobs; JSON-able values). The device is left out on
-    purpose: a run may resume on another machine.
+    ``ignore_index``, the size and content (``mpq.taskdata.dataset_digest``) of
+    the train and evaluation sets, the record format and ``extra`` (anything
+    else the caller's results depend on, e.g. the step that runs the jobs;
+    JSON-able values). The device is left out on purpose: a run may resume on
+    another machine.
     """
     h = hashlib.sha256()
     h.update(json.dumps({"format": RECORD_FORMAT, "model": type(model).__qualname__,
                          "bits": get_bits(model), "settings": plain_settings(settings),
                          "batch_size": batch_size, "task": task, "num_classes": num_classes,
-                         "ignore_index": ignore_index, "train_size": train_size, "eval_size": eval_size,
+                         "ignore_index": ignore_index, "train": _split_identity(train_set),
+                         "eval": _split_identity(eval_set),
                          "teacher": None if teacher is None else type(teacher).__qualname__,
                          "extra": dict(extra or {})},
                         sort_keys=True, default=str).encode())

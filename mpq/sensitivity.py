@@ -9,10 +9,11 @@ ever special-cased downstream.
 
 A table computed by the pipeline also records the identity of its inputs
 (``meta["inputs"]``, see ``inputs_identity``): the starting checkpoint and its
-float teacher (content hashes), the checkpoint's recipe and the method's
-settings. The frontier refuses a table whose inputs are no longer today's
-(``check_inputs``), so a retrained checkpoint or a changed setting can never be
-allocated from silently.
+float teacher (content hashes), the checkpoint's recipe, the method's
+settings and the train and validation samples. The frontier refuses a table
+whose inputs are no longer today's (``check_inputs``), so a retrained
+checkpoint, a changed setting or another split can never be allocated from
+silently.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from . import atomic, methods, paths
+from .taskdata import dataset_digest
 
 __all__ = ["COLUMNS", "CostRecord", "Sensitivity", "device_name", "allocator_table", "SCORE_FLOOR",
            "StaleSensitivity", "inputs_identity", "check_inputs"]
@@ -180,20 +182,22 @@ def inputs_identity(exp: Any, method: str, out: str | Path) -> dict[str, Any]:
     results folder. The identity has ``checkpoint`` and ``teacher`` (content
     hashes of the all-``start_bits`` checkpoint and the float checkpoint),
     ``recipe`` (``exp.recipe`` of the starting checkpoint) and ``settings``
-    (the values of the params keys the method reads, ``Method.param_keys``):
-    a table whose recorded identity differs from this one is stale.
+    (the values of the params keys the method reads, ``Method.param_keys``)
+    and ``data`` (``mpq.taskdata.dataset_digest`` of the train and validation
+    splits): a table whose recorded identity differs from this one is stale.
     """
     out, start = Path(out), exp.cfg.quant.start_bits
     return {"checkpoint": file_hash(out / paths.uniform_ckpt(start)),
             "teacher": file_hash(out / paths.FLOAT_CKPT),
             "recipe": exp.recipe("quant", start),
+            "data": {split: dataset_digest(getattr(exp.data, split)) for split in ("train", "val")},
             # through JSON, as stored: a tuple compares equal to the list it is read back as
             "settings": json.loads(json.dumps({key: _setting(exp.cfg, key)
                                                for key in methods.get(method).param_keys}, default=str))}
 
 
 _WHAT = {"checkpoint": "starting checkpoint", "teacher": "float checkpoint", "recipe": "checkpoint recipe",
-         "settings": "method settings"}
+         "data": "train or validation samples", "settings": "method settings"}
 
 
 def check_inputs(sens: Sensitivity, exp: Any, out: str | Path) -> None:

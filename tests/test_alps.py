@@ -66,7 +66,7 @@ def context(setup, **kw) -> JobContext:
         args["base_key"] = jobs.context_key(
             args["model"], teacher=args["teacher"], settings=args["settings"], batch_size=args["batch_size"],
             task=args["task"], num_classes=args["num_classes"], ignore_index=args["ignore_index"],
-            train_size=len(args["train"]), eval_size=len(args["eval_set"]))
+            train_set=args["train"], eval_set=args["eval_set"])
     return JobContext(**args)
 
 

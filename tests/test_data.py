@@ -12,7 +12,8 @@ from torch.utils.data import Subset, TensorDataset
 from scipy.ndimage import binary_dilation
 
 from mpq.data import make_loader, sample_groups
-from mpq.embedded import EMBEDDED_TEST_SHIFTS, MASK_DILATION, EmbeddedDataset, build_embedded, load_embedded
+from mpq.embedded import (EMBEDDED_EVAL_COPIES, EVAL_SEED_OFFSET, MASK_DILATION, EmbeddedDataset, build_embedded, draw_offsets,
+                          eval_copies, load_embedded, offset_copies)
 from mpq.folders import ADE20K_LABEL_TO_TRAIN, CITYSCAPES_LABEL_TO_TRAIN, load_imagenet, load_segmentation
 
 MEAN, STD = 0.1307, 0.3081
@@ -122,33 +123,76 @@ def test_load_embedded_classification(embedded):
     data = load_embedded(root, "classification", augment=False)
     assert (data.task, data.num_classes, data.input_size, data.ignore_index) == ("classification", 10, 32, 255)
     assert [len(d) for d in (data.train, data.val, data.test)] == [3500, 500, 5 * 1000]
-    x, label = data.test[0]
+    x, label = data.train[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
     assert label.dtype == torch.int64 and label.dim() == 0
     assert torch.equal(x[0], x[1]) and torch.equal(x[0], x[2])
-    raw = torch.from_numpy(_npy(root, "classification", "test_images")[0]).float() / 255
+    raw = torch.from_numpy(_npy(root, "classification", "train_images")[0]).float() / 255
     assert torch.allclose(x[0], (raw - MEAN) / STD)
     assert x[0, 0, 0].item() == pytest.approx(-MEAN / STD)
     assert len(load_embedded(root, "classification", train_size=200).train) == 200
 
 
-def test_classification_test_split_is_each_digit_at_five_offsets(embedded):
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_classification_evaluation_splits_are_drawn_from_the_training_offsets(embedded, split):
     root, _ = embedded
-    test = load_embedded(root, "classification").test
-    raw = torch.from_numpy(_npy(root, "classification", "test_images"))
-    labels = torch.from_numpy(_npy(root, "classification", "test_labels"))
-    n = len(raw)
-    assert EMBEDDED_TEST_SHIFTS["classification"][0] == (0, 0) and len(EMBEDDED_TEST_SHIFTS["classification"]) == 5
-    for k, (dy, dx) in enumerate(EMBEDDED_TEST_SHIFTS["classification"]):
-        for i in (0, 7, n - 1):
-            image = raw[i].roll((dy, dx), (0, 1))  # the 2 px border of a padded digit is empty: a roll is a shift
-            assert torch.equal(test.images[k * n + i], image) and test.targets[k * n + i] == labels[i]
-    # the variants are distinct images, and every image knows its digit
-    assert not torch.equal(test.images[n], test.images[0])
-    assert np.array_equal(test.groups, np.tile(np.arange(n), 5)) and np.array_equal(sample_groups(test), test.groups)
-    # a prefix (eval_size) is made of original digits, each its own group
-    assert np.array_equal(sample_groups(Subset(test, range(128))), np.arange(128))
-    assert len(load_embedded(root, "segmentation").test) == 500  # canvases: one copy each
+    ds = getattr(load_embedded(root, "classification"), split)
+    raw = torch.from_numpy(_npy(root, "classification", f"{split}_images"))
+    labels = torch.from_numpy(_npy(root, "classification", f"{split}_labels"))
+    n, copies = len(raw), EMBEDDED_EVAL_COPIES["classification"][split]
+    assert (copies, len(ds)) == ({"val": 1, "test": 5}[split], copies * n)
+    seen = set()
+    for k in range(copies):
+        for i in range(n):
+            # the 2 px border of a padded digit is empty, so the copy is a roll of the digit by
+            # one of the 25 offsets within 2 px, the train augmentation's range
+            image = ds.images[k * n + i]
+            found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                     if torch.equal(raw[i].roll((dy, dx), (0, 1)), image)]
+            assert found and ds.targets[k * n + i] == labels[i]
+            seen.add(found[0])
+    assert len(seen) == 25  # every offset occurs
+    # the copies of one digit sit at distinct offsets, and every image knows its digit
+    assert all(len({ds.images[k * n + i].numpy().tobytes() for k in range(copies)}) == copies for i in range(50))
+    assert np.array_equal(ds.groups, np.tile(np.arange(n), copies)) and np.array_equal(sample_groups(ds), ds.groups)
+    # a prefix (eval_size) is made of distinct digits, each its own group
+    assert np.array_equal(sample_groups(Subset(ds, range(128))), np.arange(128))
+    # seeded: the same split on every load; validation and test draw their own offsets
+    assert torch.equal(getattr(load_embedded(root, "classification"), split).images, ds.images)
+    assert len(set(EVAL_SEED_OFFSET.values())) == len(EVAL_SEED_OFFSET)
+    if split == "test":
+        assert len(load_embedded(root, "segmentation").test) == 500  # canvases: one copy each, as they are
+        seg = _npy(root, "segmentation", "test_images")
+        assert np.array_equal(load_embedded(root, "segmentation").test.images.numpy(), seg)
+
+
+def test_draw_offsets_distinct_in_range_and_prefix_of_more_copies():
+    a = draw_offsets(200, 5, 2, [1, 2])
+    assert a.shape == (200, 5, 2) and a.min() == -2 and a.max() == 2
+    assert all(len({tuple(o) for o in row}) == 5 for row in a)  # distinct per sample
+    assert np.array_equal(draw_offsets(200, 3, 2, [1, 2]), a[:, :3])  # fewer copies: a prefix
+    assert np.array_equal(draw_offsets(200, 5, 2, [1, 2]), a) and not np.array_equal(draw_offsets(200, 5, 2, [1, 3]), a)
+    assert len(np.unique(draw_offsets(25, 25, 2, 0)[3], axis=0)) == 25  # all 25 offsets without replacement
+    with pytest.raises(ValueError, match=r"copies must be in \[1, 25\]"):
+        draw_offsets(3, 26, 2, 0)
+
+
+def test_offset_copies_moves_masks_with_images():
+    images = torch.arange(2 * 5 * 5, dtype=torch.uint8).reshape(2, 5, 5)
+    masks = images.clone().long()
+    offsets = np.array([[[0, 0], [1, -1]], [[-2, 0], [0, 0]]])
+    out_i, out_m, groups = offset_copies(images, masks, offsets)
+    assert groups.tolist() == [0, 1, 0, 1] and torch.equal(out_i[0], images[0]) and torch.equal(out_i[3], images[1])
+    assert out_i[2, 1, :4].tolist() == images[0, 0, 1:].tolist() and out_i[2, 0].sum() == 0 and out_i[2, :, 4].sum() == 0
+    assert torch.equal(out_m, out_i.long())
+    assert out_i[1, 3:].sum() == 0 and torch.equal(out_i[1, :3], images[1, 2:])
+    with pytest.raises(ValueError, match="offsets must have shape"):
+        offset_copies(images, masks, offsets[:1])
+    labels = torch.tensor([4, 7])
+    _, out_l, _ = offset_copies(images, labels, offsets)
+    assert out_l.tolist() == [4, 7, 4, 7]
+    same_i, same_t, same_g = eval_copies(images, labels, "segmentation", "test")  # as they are
+    assert same_i is images and same_g.tolist() == [0, 1]
 
 
 def test_sample_groups_through_subsets_and_plain_datasets():
@@ -370,3 +414,35 @@ def test_build_matches_the_bytes_data_dvc_pins(embedded, tmp_path):
     subprocess.run(dvc + ["add", "data", "-q"], cwd=tmp_path, check=True, env=env)
     built = yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]
     assert (built["md5"], built["nfiles"], built["size"]) == (pinned["md5"], pinned["nfiles"], pinned["size"])
+
+
+def test_dataset_digest_names_the_samples():
+    import warnings
+
+    from mpq.data import ImageFiles, SegmentationFiles, dataset_digest
+    images, labels = torch.zeros(4, 3, 3, dtype=torch.uint8), torch.arange(4)
+    a = EmbeddedDataset(images, labels)
+    assert dataset_digest(a) == dataset_digest(EmbeddedDataset(images.clone(), labels.clone()))
+    other = images.clone()
+    other[2, 1, 1] = 1
+    assert dataset_digest(EmbeddedDataset(other, labels)) != dataset_digest(a)
+    assert dataset_digest(EmbeddedDataset(images, labels, shift=2)) != dataset_digest(a)
+    assert dataset_digest(Subset(a, [0, 1])) not in (dataset_digest(a), dataset_digest(Subset(a, [1, 0])))
+    assert dataset_digest(TensorDataset(labels)) != dataset_digest(TensorDataset(labels.flip(0)))
+    with pytest.warns(UserWarning, match="keyed by its size only"):
+        assert dataset_digest(torch.utils.data.StackDataset(labels)) is None
+    # folder datasets: relative file names and labels, so another mount keeps the digest
+    files = [("/mnt/a/imagenet/val/n01/x.JPEG", 0), ("/mnt/a/imagenet/val/n02/y.JPEG", 1)]
+    moved = [(p.replace("/mnt/a", "/scratch/me"), y) for p, y in files]
+    digest = ImageFiles(files, transform=None).content_digest()
+    assert ImageFiles(moved, transform=None).content_digest() == digest
+    assert ImageFiles([files[0], (files[1][0], 2)], transform=None).content_digest() != digest
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dataset_digest(ImageFiles(files[:1], transform=None)) is not None  # one file: its folder
+    pairs = [("/d/img/a.png", "/d/lbl/a.png"), ("/d/img/b.png", "/d/lbl/b.png")]
+    lut = np.arange(256, dtype=np.uint8)
+    seg = SegmentationFiles(pairs, lut, crop_size=None).content_digest()
+    assert SegmentationFiles([(p.replace("/d", "/e"), q.replace("/d", "/e")) for p, q in pairs], lut,
+                             crop_size=None).content_digest() == seg
+    assert SegmentationFiles(pairs, lut, crop_size=32).content_digest() != seg

@@ -1,4 +1,5 @@
 """Experiment glue and the baselines step: checkpoints, resume, mismatches, CLI errors."""
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import Subset
 
 from mpq import checkpoint, config
 from mpq.cli import main
@@ -118,6 +120,29 @@ def test_changed_recipe_retrains_and_later_steps_refuse_stale_checkpoints(micro_
     assert after["float.pt"] == before["float.pt"]  # the float recipe did not change
     assert after["uniform4.pt"] != before["uniform4.pt"] and after["uniform2.pt"] != before["uniform2.pt"]
     exp.sensitivity("eagl", tmp_path)
+
+
+def test_checkpoints_of_other_train_samples_are_stale_and_legacy_ones_kept(micro_params, tmp_path):
+    cfg = config.load(micro_params)
+    exp = Experiment(cfg, "resnet50", progress=False)
+    exp.baselines(tmp_path)
+    state, meta = checkpoint.load(tmp_path / "uniform4.pt")
+    assert meta["train_digest"] == exp.digest("train") is not None
+    # the same recipe (train size included), other train samples: refused by the later steps
+    other = Experiment(cfg, "resnet50", progress=False)
+    train = other.data.train
+    other._data = dataclasses.replace(other.data, train=Subset(train, list(range(len(train)))[::-1]))
+    assert other.recipe("quant", 4) == exp.recipe("quant", 4) and other.digest("train") != exp.digest("train")
+    assert other.fit_key("quant", 4) != exp.fit_key("quant", 4)
+    with pytest.raises(checkpoint.CheckpointMismatch, match="other settings or train samples"):
+        other.start_models(tmp_path)
+    # checkpoints written before meta had train_digest are judged by their recipe alone
+    for name, kind in (("float.pt", "float"), ("uniform4.pt", "quant")):
+        model, meta = exp.load(tmp_path / name, kind)
+        del meta["train_digest"]
+        checkpoint.save(tmp_path / name, model, meta)
+    exp.start_models(tmp_path)
+    other.start_models(tmp_path)
 
 
 def test_corrupt_checkpoint_is_a_one_line_error(micro_params, tmp_path):

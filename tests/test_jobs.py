@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
 import mpq
 from mpq import jobs, records
@@ -42,7 +42,7 @@ def ctx() -> JobContext:
         mpq.calibrate(q, [x[:BATCH]])
     common = dict(teacher=None, settings=SETTINGS, batch_size=BATCH, task="classification", num_classes=4,
                   ignore_index=255)
-    key = records.context_key(q, train_size=N_TRAIN, eval_size=N_EVAL, **common)
+    key = records.context_key(q, train_set=train, eval_set=test, **common)
     return JobContext(model=q, train=train, eval_set=test, device="cpu", record_dir=None, base_key=key,
                       **common)
 
@@ -114,9 +114,15 @@ def test_full_assignment_changes_exactly_those_layers(ctx, monkeypatch):
     assert hash(Job("full", FULL, 0)) == hash(Job("full", dict(FULL), 0))
     # the context key follows the inputs
     common = dict(teacher=None, settings=SETTINGS, batch_size=BATCH, task="classification", num_classes=4,
-                  ignore_index=255, train_size=N_TRAIN, eval_size=N_EVAL)
+                  ignore_index=255, train_set=ctx.train, eval_set=ctx.eval_set)
     assert records.context_key(q, **common) == ctx.base_key
-    assert records.context_key(q, **{**common, "eval_size": N_EVAL + 1}) != ctx.base_key
+    x, y = ctx.eval_set.tensors
+    assert records.context_key(q, **{**common, "eval_set": TensorDataset(x[:-1], y[:-1])}) != ctx.base_key
+    # the same size, other samples: another key (a split re-drawn must not reuse the old records)
+    assert records.context_key(q, **{**common, "eval_set": TensorDataset(x.flip(0), y.flip(0))}) != ctx.base_key
+    assert records.context_key(q, **{**common, "eval_set": Subset(ctx.eval_set, range(len(x))[::-1])}) != ctx.base_key
+    assert records.context_key(q, **{**common, "train_set": TensorDataset(*(t.flip(0) for t in ctx.train.tensors))}
+                               ) != ctx.base_key
     assert records.context_key(q, **common, extra={"low_bits": 2}) != ctx.base_key
     moved = mpq.set_bits(copy.deepcopy(q), {"conv3": 3})
     assert records.context_key(moved, **common) != ctx.base_key

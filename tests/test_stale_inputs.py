@@ -1,5 +1,8 @@
 """A sensitivity table records the inputs it was computed from; the frontier refuses a stale one."""
+import dataclasses
+
 import pytest
+from torch.utils.data import Subset
 
 from mpq import cli, paths
 from mpq.config import load
@@ -17,10 +20,16 @@ def test_frontier_refuses_tables_computed_from_other_inputs(micro_params, tmp_pa
     exp.sensitivity("eagl", out / "resnet50")
     stored = Sensitivity.load(out / "resnet50" / paths.SENSITIVITY, "eagl")
     assert stored.meta["inputs"] == inputs_identity(exp, "eagl", out / "resnet50")
-    assert set(stored.meta["inputs"]) == {"checkpoint", "teacher", "recipe", "settings"}
+    assert set(stored.meta["inputs"]) == {"checkpoint", "teacher", "recipe", "data", "settings"}
     check_inputs(stored, exp, out / "resnet50")  # unchanged inputs: accepted
 
     table = out / "resnet50" / paths.SENSITIVITY / "eagl.csv"
+    # the same checkpoints and settings, another validation split of the same size: stale
+    other = Experiment(load(params), "resnet50", progress=False)
+    val = other.data.val
+    other._data = dataclasses.replace(other.data, val=Subset(val, list(range(len(val)))[::-1]))
+    with pytest.raises(StaleSensitivity, match="the train or validation samples changed since it was computed"):
+        check_inputs(stored, other, out / "resnet50")
     rerun = "rerun `mpq sensitivity --network resnet50 --method eagl`"
     # another setting of the method: stale, no retraining involved
     variant = write_params(tmp_path / "v.yaml", base=params, eagl__variant="entropy_drop")
