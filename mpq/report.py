@@ -186,13 +186,13 @@ def build(results: str | Path, out: str | Path, networks: list[str], *, scale: s
                  "images (sd_images, seeds held at their results) and only the seeds (sd_seeds, on the whole "
                  "test set; n/a with one seed). Both partial spreads hold the images x seeds interaction, so "
                  "they do not add up to sd. 'images': test images per configuration; 'sources': the independent "
-                 "samples the bootstrap draws (test digits, each with its shifted copies, or canvases). k times "
+                 "samples the bootstrap draws (test digits, each with its copies at other offsets, or canvases). k times "
                  "more sources divide sd_images by about sqrt(k), k "
                  "times more seeds divide sd_seeds by about sqrt(k); with S seeds the bootstrap spread of a "
                  "seed mean is sqrt((S-1)/S) of its usual standard error (0.87 at 4 seeds), and so are the "
                  "intervals of T1, T2 and T4.", formats={"quantity": str})
-    ci = (f"{100 * stats.LEVEL:.0f} % paired bootstrap interval over test images (a digit with its shifted "
-          f"copies drawn as one) and seeds ({stats.REPLICATES} replicates)")
+    ci = (f"{100 * stats.LEVEL:.0f} % paired bootstrap interval over test images (a digit with its copies at "
+          f"other offsets drawn as one) and seeds ({stats.REPLICATES} replicates)")
     head, head_show = report_items.headline(nets, summaries, uniforms, tolerance, uncs)
     report.table(head, "T1_headline", "T1. Headline per network",
                  f"Float, uniform 4-bit and 2-bit ({' / '.join(sorted({n.metric_name for n in nets}))}). Uniform "

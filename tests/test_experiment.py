@@ -17,7 +17,7 @@ from tests.conftest import write_params
 
 
 def test_baselines_write_each_test_images_digit(micro_params, tmp_path):
-    """A test split longer than its 1,000 digits (their shifted copies follow them): the baselines'
+    """A test split longer than its 1,000 digits (their copies at other offsets follow them): the baselines'
     per-image results carry each image's digit, and the bootstrap draws digits, not images."""
     from mpq import stats
     from tests.conftest import write_params
